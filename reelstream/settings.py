@@ -1,0 +1,85 @@
+"""Every setting is an environment variable ``REELSTREAM_*``; unset means the embedded default."""
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REELSTREAM_", extra="ignore")
+
+    data_dir: Path = Path(".reelstream")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    public_url: str | None = None
+
+    kafka_bootstrap: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+
+    replicate_api_token: SecretStr | None = None
+    replicate_base_url: str | None = None
+    replicate_model: str = "wan-video/wan-2.2-t2v-fast"
+    replicate_webhook_secret: SecretStr | None = None
+    prediction_poll_seconds: float = 60.0
+
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    storage_allow_private_urls: bool = False
+    max_download_bytes: int = 512 * 1024 * 1024
+
+    api_keys: str | None = None
+    rate_limit_per_minute: int = 120
+
+    #: Wan renders 81 frames at 16 fps: one clip covers at most ~5 s.
+    clip_seconds: float = 5.0
+    clip_concurrency: int = Field(default=4, ge=1)
+    clip_attempts: int = Field(default=2, ge=1)
+    render_concurrency: int = Field(default=2, ge=1)
+    stage_concurrency: int = Field(default=16, ge=1)
+    #: Secret the local provider signs its webhooks with (Standard Webhooks ``whsec_`` format).
+    local_webhook_secret: SecretStr = SecretStr("whsec_cmVlbHN0cmVhbS1sb2NhbC13ZWJob29rLXNlY3JldA==")
+
+    kafka_session_timeout_ms: int = 6000
+    kafka_heartbeat_interval_ms: int = 1000
+    log_level: str = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def gateway_url(self) -> str:
+        return self.public_url or f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in (self.api_keys or "").split(",") if k.strip())
+
+    def with_stack(self) -> "Settings":
+        """Fill unset addresses from ``{data dir}/stack.json``, written by a running embedded stack."""
+        path = self.data_dir / "stack.json"
+        if not path.exists():
+            return self
+        stack = json.loads(path.read_text())
+        updates: dict[str, object] = {}
+        if self.kafka_bootstrap is None and stack.get("kafka_bootstrap"):
+            updates["kafka_bootstrap"] = stack["kafka_bootstrap"]
+        if self.database_url is None and stack.get("database_url"):
+            updates["database_url"] = stack["database_url"]
+        if self.public_url is None and stack.get("gateway_url"):
+            updates["public_url"] = stack["gateway_url"]
+        return self.model_copy(update=updates)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

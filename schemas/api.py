@@ -1,0 +1,305 @@
+"""HTTP API bodies: what clients send and what the gateway answers."""
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+)
+
+AspectRatio = Literal["16:9", "9:16", "1:1"]
+GenerationStatus = Literal[
+    "queued", "analyzing", "planning", "prompting", "generating", "assembling", "completed", "failed", "canceled"
+]
+ClipStatus = Literal["pending", "submitted", "processing", "succeeded", "failed", "canceled"]
+SceneKind = Literal["intro", "development", "cta"]
+
+#: Forward order of generation statuses; the terminal ones share the last rank.
+STATUS_ORDER: tuple[GenerationStatus, ...] = (
+    "queued",
+    "analyzing",
+    "planning",
+    "prompting",
+    "generating",
+    "assembling",
+    "completed",
+)
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "canceled"})
+
+GENERATION_ID_RE = re.compile(r"^gen_[0-9a-f]{32}$")
+CLIP_ID_RE = re.compile(r"^clip_[0-9]{2,3}$")
+
+
+def status_rank(status: str) -> int:
+    """Rank used to keep statuses moving forward only (terminal statuses rank highest)."""
+    if status in TERMINAL:
+        return len(STATUS_ORDER)
+    return STATUS_ORDER.index(status)  # type: ignore[arg-type]
+
+
+def _no_control_chars(value: str) -> str:
+    if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/$.?#][^\s]*$", value):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+LongText = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=1000), AfterValidator(_no_control_chars)
+]
+HexColor = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
+Url = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_http_url)]
+
+
+class Input(BaseModel):
+    """Inputs reject unknown fields so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Guidelines(Input):
+    do: list[ShortText] = Field(default_factory=list, max_length=20)
+    dont: list[ShortText] = Field(default_factory=list, max_length=50)
+    required_disclaimer: Annotated[str, StringConstraints(min_length=1, max_length=300)] | None = None
+
+
+class Brand(Input):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    colors: list[HexColor] = Field(default_factory=list, max_length=8)
+    fonts: list[Annotated[str, StringConstraints(min_length=1, max_length=60)]] = Field(
+        default_factory=list, max_length=4
+    )
+    tone: ShortText | None = None
+    tagline: ShortText | None = None
+    logo_url: Url | None = None
+    guidelines: Guidelines = Field(default_factory=Guidelines)
+
+
+class Options(Input):
+    parallel_clips: StrictBool = True
+    negative_prompt: LongText | None = None
+    seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = None
+    include_cta: StrictBool = True
+    cta_text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)] | None = None
+
+
+class GenerationRequest(Input):
+    """The body of ``POST /api/v1/generations`` and ``POST /api/v1/estimates``."""
+
+    prompt: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), AfterValidator(_no_control_chars)
+    ]
+    duration_seconds: Annotated[StrictInt, Field(ge=5, le=120)] = 15
+    aspect_ratio: AspectRatio = "16:9"
+    brand: Brand | None = None
+    options: Options = Field(default_factory=Options)
+
+
+class Links(BaseModel):
+    self: str
+    websocket: str
+
+
+class GenerationCreated(BaseModel):
+    generation_id: str
+    status: GenerationStatus
+    created_at: datetime
+    links: Links
+
+
+class Progress(BaseModel):
+    stage: GenerationStatus
+    percent: int = Field(ge=0, le=100)
+    clips_total: int = 0
+    clips_completed: int = 0
+    clips_failed: int = 0
+
+
+class VisualElement(BaseModel):
+    name: str
+    importance: float = Field(ge=0, le=1, description="0..1, how central the element is to the message")
+
+
+class CallToAction(BaseModel):
+    text: str
+    placement: Literal["end", "overlay_end", "throughout"]
+
+
+class BrandProfile(BaseModel):
+    """The brand as the pipeline applies it: palette, typography and compliance rules."""
+
+    name: str
+    palette: list[str]
+    typography: list[str]
+    tagline: str | None
+    avoid_words: list[str]
+    required_disclaimer: str | None
+
+
+class AnalysisResult(BaseModel):
+    """What the analyzer (OpenAI or offline) says about the prompt; also the structured-output schema."""
+
+    tone: str
+    style: str
+    narrative_structure: str
+    target_audience: str
+    key_themes: list[str]
+    key_messages: list[str]
+    visual_elements: list[VisualElement]
+    color_mood: str
+    pacing: Literal["slow", "moderate", "fast"]
+    call_to_action: CallToAction
+
+
+class Analysis(AnalysisResult):
+    brand: BrandProfile | None = None
+    source: Literal["openai", "offline"]
+    fallback_reason: str | None = None
+
+
+class Scene(BaseModel):
+    scene_id: str
+    kind: SceneKind
+    start_seconds: float
+    duration_seconds: float
+    description: str
+
+
+class Clip(BaseModel):
+    clip_id: str
+    scene_id: str
+    index: int
+    status: ClipStatus
+    prediction_id: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    url: str | None = None
+    duration_seconds: float
+    attempts: int = 0
+
+
+class Video(BaseModel):
+    url: str
+    duration_seconds: float
+    width: int
+    height: int
+    thumbnail_url: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    stage: str | None = None
+
+
+class GenerationSummary(BaseModel):
+    generation_id: str
+    status: GenerationStatus
+    prompt: str
+    duration_seconds: int
+    aspect_ratio: AspectRatio
+    created_at: datetime
+    updated_at: datetime
+    thumbnail_url: str | None = None
+
+
+class GenerationPage(BaseModel):
+    items: list[GenerationSummary]
+    next_cursor: str | None
+
+
+class GenerationDetail(BaseModel):
+    generation_id: str
+    status: GenerationStatus
+    prompt: str
+    duration_seconds: int
+    aspect_ratio: AspectRatio
+    brand: Brand | None
+    options: Options
+    created_at: datetime
+    updated_at: datetime
+    progress: Progress
+    analysis: Analysis | None = None
+    scenes: list[Scene] | None = None
+    clips: list[Clip] = Field(default_factory=list)
+    video: Video | None = None
+    error: ErrorInfo | None = None
+    compute_seconds: float | None = None
+
+
+class EstimateClip(BaseModel):
+    clip_id: str
+    scene_id: str
+    index: int
+    duration_seconds: float
+
+
+class Estimate(BaseModel):
+    duration_seconds: int
+    aspect_ratio: AspectRatio
+    model: str
+    scenes: list[Scene]
+    clips: list[EstimateClip]
+    estimated_compute_seconds: float
+    estimated_cost_usd: float
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[FieldError] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class SnapshotMessage(BaseModel):
+    type: Literal["snapshot"] = "snapshot"
+    generation: GenerationDetail
+
+
+class StatusMessage(BaseModel):
+    type: Literal["status"] = "status"
+    generation_id: str
+    status: GenerationStatus
+    progress: Progress
+    at: datetime
+
+
+class ClipMessage(BaseModel):
+    type: Literal["clip"] = "clip"
+    generation_id: str
+    clip: Clip
+    at: datetime
+
+
+def field_errors(errors: list[Any]) -> list[FieldError]:
+    """pydantic errors → the contract's ``details``, one entry per bad field, named by dotted path."""
+    out: list[FieldError] = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or "body"
+        out.append(FieldError(field=loc, message=str(err.get("msg", "invalid"))))
+    return out
+
+
+#: Output size per aspect ratio (Wan's 480p family; the local renderer and the final video use it).
+DIMENSIONS: dict[str, tuple[int, int]] = {"16:9": (832, 480), "9:16": (480, 832), "1:1": (640, 640)}
