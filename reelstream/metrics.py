@@ -1,0 +1,19 @@
+"""Prometheus metrics, every one named ``reelstream_*``; each process serves its own ``/metrics``."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_HANDLED = Counter(
+    "reelstream_events_handled_total", "Events handled by a stage", ["stage", "topic", "outcome"]
+)
+HANDLER_SECONDS = Histogram(
+    "reelstream_handler_seconds", "Time to handle one event, retries included", ["stage"]
+)
+RETRIES = Counter("reelstream_transient_retries_total", "Transient failures retried", ["stage"])
+DEAD_LETTERED = Counter("reelstream_dead_lettered_total", "Messages sent to a DLQ", ["stage", "topic"])
+HTTP_REQUESTS = Counter(
+    "reelstream_http_requests_total", "Gateway requests", ["method", "route", "status"]
+)
+WEBSOCKETS = Gauge("reelstream_websocket_connections", "Open WebSocket connections")
+WEBHOOKS = Counter("reelstream_webhooks_total", "Provider webhooks received", ["outcome"])
+GENERATIONS = Counter("reelstream_generations_total", "Generations that ended", ["status"])
+CLIPS_RENDERED = Counter("reelstream_clips_rendered_total", "Clips rendered by the local provider", ["outcome"])

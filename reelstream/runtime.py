@@ -1,0 +1,393 @@
+"""The stage runtime: one aiokafka consumer loop, written once, that every stage runs.
+
+Guarantees, in the order a message meets them:
+
+* A message that does not decode or validate goes to ``<topic>.dlq`` with the error and its original
+  bytes; the stage goes on.
+* The handler runs inside one Postgres transaction together with a ``processed_events`` row for
+  (stage, event id). A redelivered event finds that row and re-emits what was emitted the first time
+  instead of redoing its side effects: at-least-once delivery made effectively-once.
+* Emitted events get ids derived from the input event, so downstream consumers deduplicate them too.
+* The offset is committed only after the transaction committed and every emitted event was acknowledged
+  (acks=all). Offsets are committed up to the first message still in flight, per partition.
+* Messages with the same key (generation id) are handled one after another, in order; different keys run
+  concurrently up to ``concurrency``, so one slow generation never stalls the others.
+* Transient failures (database or broker unreachable) are retried with capped backoff, without
+  committing and without giving up the partition; the consumer keeps polling so the group keeps it.
+* On stop (SIGTERM) fetching stops, in-flight work gets a grace period, what finished is committed, and
+  the consumer leaves the group.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from pydantic import BaseModel, ValidationError
+
+from reelstream import metrics
+from reelstream.events import decode, derive_id, make_event
+from reelstream.kafka import Producer
+from schemas import topics as topic_names
+from schemas.envelope import CloudEvent
+from schemas.events import PAYLOADS
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=BaseModel)
+
+
+class TransientError(Exception):
+    """Raised by a handler when a dependency is unavailable: the event is retried, never dead-lettered."""
+
+
+class PermanentError(Exception):
+    """Raised by a handler for an event that can never succeed: it goes to the DLQ at once."""
+
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    TransientError,
+    OSError,
+    TimeoutError,
+    KafkaError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.AdminShutdownError,
+)
+
+
+@dataclass
+class Context(Generic[E]):
+    """What a handler gets: the event, its payload, and a connection inside the handler's transaction."""
+
+    stage: str
+    event: CloudEvent
+    data: E
+    conn: asyncpg.Connection
+    deps: Any
+    emitted: list[tuple[str, CloudEvent]] = field(default_factory=list)
+
+    @property
+    def generation_id(self) -> str:
+        return self.event.subject
+
+    def emit(self, topic: str, data: BaseModel, *, subject: str | None = None) -> CloudEvent:
+        """Queue an event; it is sent after the transaction commits, with an id derived from the input."""
+        event = make_event(
+            topic,
+            data,
+            source=f"/reelstream/stages/{self.stage}",
+            subject=subject or self.event.subject,
+            event_id=derive_id(self.event.id, self.stage, str(len(self.emitted))),
+        )
+        self.emitted.append((topic, event))
+        return event
+
+
+Handler = Callable[[Context[Any]], Awaitable[None]]
+
+
+@dataclass
+class Stage:
+    """A consumer group named ``name`` that handles the events of ``topics`` with ``handler``."""
+
+    name: str
+    topics: list[str]
+    handler: Handler
+    payloads: Mapping[str, type[BaseModel]] = field(default_factory=lambda: dict(PAYLOADS))
+
+
+@dataclass
+class RuntimeConfig:
+    bootstrap: str
+    concurrency: int = 16
+    max_in_flight: int = 2000
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_backoff: float = 5.0
+    permanent_attempts: int = 3
+    shutdown_grace: float = 10.0
+
+
+class _Stopping(Exception):
+    """The runtime is stopping while this event waited on a transient failure: abandon, do not commit."""
+
+
+@dataclass
+class _InFlight:
+    offset: int
+    done: bool = False
+
+
+class StageRunner:
+    def __init__(self, stage: Stage, pool: asyncpg.Pool, producer: Producer, config: RuntimeConfig, deps: Any = None):
+        self.stage = stage
+        self.pool = pool
+        self.producer = producer
+        self.config = config
+        self.deps = deps
+        self._stopping = asyncio.Event()
+        self._semaphore = asyncio.Semaphore(config.concurrency)
+        self._pending: dict[TopicPartition, deque[_InFlight]] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._chains: dict[tuple[TopicPartition, bytes | None], asyncio.Task[None]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self.ready = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        cfg = self.config
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            group_id=self.stage.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            max_poll_interval_ms=300_000,
+            metadata_max_age_ms=30_000,
+        )
+        self._consumer = consumer
+        consumer.subscribe(self.stage.topics, listener=_Listener(self))
+        await consumer.start()
+        log.info("stage %s consuming %s", self.stage.name, ", ".join(self.stage.topics))
+        try:
+            while not self._stopping.is_set():
+                self._apply_backpressure(consumer)
+                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                if consumer.assignment():
+                    self.ready.set()
+                for tp, records in batch.items():
+                    for record in records:
+                        self._dispatch(tp, record)
+                await self._commit(consumer)
+        finally:
+            await self._drain(list(self._pending))
+            await self._commit(consumer)
+            await consumer.stop()
+            log.info("stage %s stopped", self.stage.name)
+
+    # -- dispatch and ordering ---------------------------------------------------------------
+    def _in_flight(self) -> int:
+        return sum(len(q) for q in self._pending.values())
+
+    def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        assigned = consumer.assignment()
+        if self._in_flight() >= self.config.max_in_flight:
+            consumer.pause(*assigned)
+        elif consumer.paused():
+            consumer.resume(*consumer.paused())
+
+    def _dispatch(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        entry = _InFlight(record.offset)
+        self._pending.setdefault(tp, deque()).append(entry)
+        chain_key = (tp, record.key)
+        previous = self._chains.get(chain_key)
+        task = asyncio.create_task(self._run_in_order(previous, tp, record, entry))
+        self._chains[chain_key] = task
+        self._tasks.setdefault(tp, set()).add(task)
+
+        def _forget(t: asyncio.Task[None]) -> None:
+            self._tasks.get(tp, set()).discard(t)
+            if self._chains.get(chain_key) is t:
+                del self._chains[chain_key]
+
+        task.add_done_callback(_forget)
+
+    async def _run_in_order(
+        self,
+        previous: asyncio.Task[None] | None,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+        entry: _InFlight,
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+            if previous.cancelled():
+                return  # the chain was abandoned (revoked or stopping); this event is redelivered later
+        async with self._semaphore:
+            try:
+                await self._process(tp, record)
+            except _Stopping:
+                return
+        entry.done = True
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for tp, queue in self._pending.items():
+            last = None
+            while queue and queue[0].done:
+                last = queue.popleft().offset
+            if last is not None:
+                offsets[tp] = last + 1
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The work is recorded in Postgres; a redelivery will only re-emit. Nothing is lost.
+            log.warning("stage %s: offset commit failed (%s); events will be redelivered", self.stage.name, exc)
+
+    async def _drain(self, partitions: list[TopicPartition]) -> None:
+        """Give in-flight work on ``partitions`` a grace period, then abandon the rest."""
+        tasks = [t for tp in partitions for t in self._tasks.get(tp, set())]
+        if tasks:
+            _, still = await asyncio.wait(tasks, timeout=self.config.shutdown_grace)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still)
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self._consumer is None:
+            return
+        await self._drain(list(revoked))
+        await self._commit(self._consumer)
+        for tp in revoked:
+            self._pending.pop(tp, None)
+            self._tasks.pop(tp, None)
+
+    # -- one message ---------------------------------------------------------------------------
+    async def _process(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        started = time.monotonic()
+        try:
+            event = decode(record.value)
+            model = self.stage.payloads.get(record.topic)
+            if model is None:
+                raise PermanentError(f"no payload model for topic {record.topic}")
+            data = model.model_validate(event.data)
+        except (ValueError, ValidationError, PermanentError) as exc:
+            await self._dead_letter(record, exc)
+            return
+        outcome = await self._handle_with_retries(record, event, data)
+        metrics.EVENTS_HANDLED.labels(self.stage.name, record.topic, outcome).inc()
+        metrics.HANDLER_SECONDS.labels(self.stage.name).observe(time.monotonic() - started)
+
+    async def _handle_with_retries(
+        self, record: ConsumerRecord[bytes, bytes], event: CloudEvent, data: BaseModel
+    ) -> str:
+        failures = 0
+        permanent = 0
+        while True:
+            try:
+                emitted, duplicate = await self._handle_once(event, data)
+                await self._send_with_retries(emitted)
+                return "duplicate" if duplicate else "handled"
+            except PermanentError as exc:
+                await self._dead_letter(record, exc)
+                return "dead_lettered"
+            except TRANSIENT as exc:
+                failures += 1
+                delay = self._backoff(failures)
+                log.warning(
+                    "stage %s: transient failure on %s (generation %s), retry %d in %.1fs: %r",
+                    self.stage.name, event.id, event.subject, failures, delay, exc,
+                )
+                metrics.RETRIES.labels(self.stage.name).inc()
+                await self._sleep_unless_stopping(delay)
+            except Exception as exc:
+                permanent += 1
+                if permanent >= self.config.permanent_attempts:
+                    log.exception("stage %s: event %s failed %d times", self.stage.name, event.id, permanent)
+                    await self._dead_letter(record, exc)
+                    return "dead_lettered"
+                log.warning("stage %s: error on %s, retrying: %r", self.stage.name, event.id, exc)
+                await self._sleep_unless_stopping(self._backoff(permanent))
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.config.max_backoff, 0.2 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
+
+    async def _sleep_unless_stopping(self, delay: float) -> None:
+        if self._stopping.is_set():
+            raise _Stopping
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        except TimeoutError:
+            return
+        raise _Stopping
+
+    async def _handle_once(self, event: CloudEvent, data: BaseModel) -> tuple[list[tuple[str, CloudEvent]], bool]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await conn.fetchval(
+                "INSERT INTO processed_events (consumer, event_id, emitted) VALUES ($1, $2, '[]'::jsonb)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                self.stage.name,
+                event.id,
+            )
+            if not fresh:
+                stored = await conn.fetchval(
+                    "SELECT emitted FROM processed_events WHERE consumer = $1 AND event_id = $2",
+                    self.stage.name,
+                    event.id,
+                )
+                return [(item["topic"], CloudEvent.model_validate(item["event"])) for item in stored], True
+            ctx: Context[Any] = Context(self.stage.name, event, data, conn, self.deps)
+            await self.stage.handler(ctx)
+            await conn.execute(
+                "UPDATE processed_events SET emitted = $3 WHERE consumer = $1 AND event_id = $2",
+                self.stage.name,
+                event.id,
+                [{"topic": t, "event": e.model_dump(mode="json")} for t, e in ctx.emitted],
+            )
+            return ctx.emitted, False
+
+    async def _send_with_retries(self, emitted: list[tuple[str, CloudEvent]]) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.producer.send_many(emitted)
+                return
+            except KafkaError as exc:
+                failures += 1
+                log.warning("stage %s: emit failed (%r), retrying", self.stage.name, exc)
+                await self._sleep_unless_stopping(self._backoff(failures))
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> None:
+        log.error(
+            "stage %s: %s[%d]@%d to DLQ: %s", self.stage.name, record.topic, record.partition, record.offset, exc
+        )
+        headers = [
+            ("error", f"{type(exc).__name__}: {exc}"[:4000].encode()),
+            ("error_type", type(exc).__name__.encode()),
+            ("original_topic", record.topic.encode()),
+            ("original_partition", str(record.partition).encode()),
+            ("original_offset", str(record.offset).encode()),
+            ("consumer", self.stage.name.encode()),
+        ]
+        failures = 0
+        while True:
+            try:
+                await self.producer.send_raw(
+                    topic_names.dlq(record.topic), record.value, key=record.key, headers=headers
+                )
+                metrics.DEAD_LETTERED.labels(self.stage.name, record.topic).inc()
+                return
+            except KafkaError:
+                failures += 1
+                await self._sleep_unless_stopping(self._backoff(failures))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: StageRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.runner._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
