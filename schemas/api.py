@@ -41,7 +41,7 @@ def status_rank(status: str) -> int:
     """Rank used to keep statuses moving forward only (terminal statuses rank highest)."""
     if status in TERMINAL:
         return len(STATUS_ORDER)
-    return STATUS_ORDER.index(status)  # type: ignore[arg-type]
+    return STATUS_ORDER.index(status)  # type: ignore[arg-type,unused-ignore]
 
 
 def _no_control_chars(value: str) -> str:

@@ -31,6 +31,8 @@ CREATE TABLE clips (
     negative_prompt  text,
     prediction_id    text,
     attempts         integer NOT NULL DEFAULT 0,
+    -- Set by the clips stage once it has seen the outcome of the current attempt (its window bookkeeping).
+    settled          boolean NOT NULL DEFAULT false,
     storage_key      text,
     predict_time     double precision,
     error            text,

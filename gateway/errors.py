@@ -1,0 +1,156 @@
+"""One error shape for every failure: ``{"error": {"code", "message", "details"?}}``.
+
+Clients must be able to branch on ``code`` without ever parsing HTML or a traceback, so every
+exception that leaves a handler (ours, aiohttp's routing errors, bugs) is turned into that body here.
+"""
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import BaseModel
+
+from reelstream import metrics
+from schemas.api import ErrorBody, ErrorDetail, FieldError
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+#: Error code for a bare aiohttp HTTP exception of a given status (routing, body size, ...).
+_CODES: Mapping[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """Raised by handlers for an expected failure; rendered as the contract's error body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: Sequence[FieldError] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = list(details) if details is not None else None
+        self.headers = dict(headers or {})
+
+
+def not_found(message: str = "not found") -> ApiError:
+    return ApiError(404, "not_found", message)
+
+
+def validation_error(field: str, message: str) -> ApiError:
+    """A 422 naming one bad field (query parameters, headers)."""
+    return ApiError(
+        422, "validation_error", f"invalid {field}", details=[FieldError(field=field, message=message)]
+    )
+
+
+def json_response(model: BaseModel, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """Serialise a pydantic model exactly as declared (datetimes as RFC 3339)."""
+    return web.Response(
+        body=model.model_dump_json().encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: Sequence[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, details=list(details) if details else None))
+    return web.Response(
+        body=body.model_dump_json(exclude_none=True).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def request_id(request: web.Request) -> str:
+    value = request.get("request_id")
+    return value if isinstance(value, str) else "-"
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (``/api/v1/generations/{generation_id}``), never the raw path.
+
+    Raw paths would give every generation id its own metric series.
+    """
+    info = request.match_info
+    if info.http_exception is not None:
+        return "unmatched"
+    resource = info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: give the request an id (echoed in ``X-Request-ID``) and count it by route template."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    request["request_id"] = rid
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = rid
+        return response
+    finally:
+        metrics.HTTP_REQUESTS.labels(request.method, route_template(request), str(status)).inc()
+        log.debug("%s %s %s %.1fms", request.method, request.path, status, (time.monotonic() - started) * 1000)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure as JSON; an unexpected exception is logged with the request id, not shown."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, details=exc.details, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects (the S3 presigned URL) are answers, not errors
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        code = _CODES.get(exc.status, "internal_error" if exc.status >= 500 else "bad_request")
+        message = exc.reason.lower() if exc.reason else code.replace("_", " ")
+        return error_response(exc.status, code, message, headers=headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, request_id(request))
+        return error_response(
+            500, "internal_error", f"internal error; quote request id {request_id(request)} when reporting it"
+        )

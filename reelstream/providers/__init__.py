@@ -1,0 +1,49 @@
+"""Video providers: where clips are generated. Replicate in production, a local FFmpeg renderer by default.
+
+Both answer through the same signed webhook, so everything downstream of ``create`` is one code path.
+"""
+
+import re
+from typing import Protocol
+
+from schemas.events import ClipSpec, Prediction
+
+_MARKER_RE = re.compile(r"^(gen_[0-9a-f]{32})\.(clip_[0-9]{2,3})\.([0-9]{1,3})$")
+
+
+class ProviderError(Exception):
+    """The provider refused the request for good (bad input, unknown model)."""
+
+
+class ProviderUnavailable(Exception):
+    """The provider could not be reached or throttled us: retry later."""
+
+
+def marker(generation_id: str, clip_id: str, attempt: int) -> str:
+    """Our own tag for one submission, carried in the webhook URL: it survives a lost create response."""
+    return f"{generation_id}.{clip_id}.{attempt}"
+
+
+def parse_marker(value: str) -> tuple[str, str, int] | None:
+    match = _MARKER_RE.match(value)
+    if match is None:
+        return None
+    return match.group(1), match.group(2), int(match.group(3))
+
+
+def webhook_url(public_url: str, mark: str) -> str:
+    return f"{public_url.rstrip('/')}/api/v1/webhooks/replicate?marker={mark}"
+
+
+class VideoProvider(Protocol):
+    name: str
+
+    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str) -> str:
+        """Start a prediction; returns its id. Idempotent per ``marker`` where the provider allows it."""
+        ...
+
+    async def get(self, prediction_id: str) -> Prediction: ...
+
+    async def cancel(self, prediction_id: str) -> None: ...
+
+    async def close(self) -> None: ...

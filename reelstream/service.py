@@ -1,0 +1,187 @@
+"""Wiring: build the shared dependencies from settings and run stages until told to stop.
+
+``reelstream serve`` runs every stage in one process; ``reelstream stage NAME`` runs one. Both go
+through :func:`run_stages`, so a stage behaves the same wherever it runs.
+"""
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from reelstream import db, kafka
+from reelstream.providers import VideoProvider
+from reelstream.providers.local import LocalVideoProvider
+from reelstream.runtime import RuntimeConfig, Stage, StageRunner
+from reelstream.settings import Settings
+from reelstream.storage import LocalStorage, Storage
+from reelstream.webhooks import local_secret
+
+log = logging.getLogger(__name__)
+
+STAGE_NAMES = ("intake", "analysis", "planning", "prompting", "clips", "completion")
+
+
+@dataclass
+class Deps:
+    """What handlers reach through ``ctx.deps``: settings and the outbound services."""
+
+    settings: Settings
+    storage: Storage
+    provider: VideoProvider
+
+
+def load_stage(name: str) -> Stage:
+    """Stages are found by name, so the plumbing never imports a stage statically."""
+    if name not in STAGE_NAMES:
+        raise ValueError(f"unknown stage {name!r}; choose from {', '.join(STAGE_NAMES)}")
+    module = importlib.import_module(f"stages.{name}.stage")
+    stage: Stage = module.stage
+    return stage
+
+
+def build_storage(settings: Settings) -> Storage:
+    return LocalStorage(settings.data_dir / "storage", max_bytes=settings.max_download_bytes)
+
+
+def webhook_secret(settings: Settings) -> str:
+    return local_secret(settings)
+
+
+def build_provider(settings: Settings) -> VideoProvider:
+    return LocalVideoProvider(
+        output_dir=settings.data_dir / "provider",
+        public_url=settings.gateway_url,
+        secret=webhook_secret(settings),
+        concurrency=settings.render_concurrency,
+    )
+
+
+def runtime_config(settings: Settings, bootstrap: str) -> RuntimeConfig:
+    return RuntimeConfig(
+        bootstrap=bootstrap,
+        concurrency=settings.stage_concurrency,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+    )
+
+
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    assert settings.database_url, "database_url must be resolved before opening the pool"
+    await db.migrate(settings.database_url)
+    return await db.create_pool(settings.database_url)
+
+
+async def run_stages(
+    names: list[str] | tuple[str, ...],
+    settings: Settings,
+    *,
+    pool: asyncpg.Pool,
+    producer: kafka.Producer,
+    deps: Deps,
+    stop: asyncio.Event,
+    on_ready: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run the named stages side by side until ``stop`` is set; each is its own consumer group."""
+    assert settings.kafka_bootstrap
+    config = runtime_config(settings, settings.kafka_bootstrap)
+    runners = [StageRunner(load_stage(n), pool, producer, config, deps) for n in names]
+    tasks = [asyncio.create_task(r.run(), name=f"stage-{r.stage.name}") for r in runners]
+
+    async def _stopper() -> None:
+        await stop.wait()
+        for r in runners:
+            r.stop()
+
+    stopper = asyncio.create_task(_stopper())
+    if on_ready is not None:
+        await _await_ready(runners, tasks)
+        await on_ready()
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                stop.set()
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stopper.cancel()
+
+
+async def _await_ready(runners: list[StageRunner], tasks: list[asyncio.Task[None]]) -> None:
+    """Wait until every runner has its partitions, or fail fast if one of them died starting."""
+    all_ready = asyncio.ensure_future(asyncio.gather(*(r.ready.wait() for r in runners)))
+    try:
+        await asyncio.wait([all_ready, *tasks], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        all_ready.cancel()
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def serve_metrics(port: int, stack: AsyncExitStack) -> None:
+    """A stage process's own ``/metrics`` (and ``/healthz``), on ``port`` (0 disables)."""
+    if not port:
+        return
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stack.push_async_callback(runner.cleanup)
+
+
+def log_setup(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+async def run_gateway_task(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    producer: kafka.Producer,
+    deps: Deps,
+    ready: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Serve the gateway until ``stop``; found by name like the stages, so plumbing never imports it."""
+    gateway_app = importlib.import_module("gateway.app")
+    assert settings.kafka_bootstrap
+    gateway_deps = gateway_app.GatewayDeps(
+        settings=settings,
+        pool=pool,
+        producer=producer,
+        kafka_bootstrap=settings.kafka_bootstrap,
+        storage=deps.storage,
+        provider=deps.provider,
+        webhook_secret=webhook_secret(settings),
+    )
+    await gateway_app.run_gateway(
+        gateway_deps, host=settings.http_host, port=settings.http_port, ready=ready, stop=stop
+    )

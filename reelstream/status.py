@@ -1,0 +1,124 @@
+"""Generation status: forward-only transitions in Postgres, each announced on ``generation.status``.
+
+Every stage moves the status through here, so the rule "statuses only move forward" lives in one place.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from reelstream.events import now
+from reelstream.runtime import Context
+from schemas import topics
+from schemas.api import STATUS_ORDER, TERMINAL, ErrorInfo, Progress
+from schemas.events import GenerationFailed, GenerationStatusChanged
+
+#: Rough share of the work done when a generation enters each status; generating spans 25..85 by clips.
+_PERCENT = {"queued": 0, "analyzing": 5, "planning": 15, "prompting": 20, "generating": 25, "assembling": 90}
+
+
+
+_WRITABLE = frozenset({"analysis", "scenes", "video", "error", "compute_seconds"})
+
+
+async def progress(conn: asyncpg.Connection, generation_id: str, status: str | None = None) -> Progress:
+    """Progress as clients see it, derived from the clips table (never stored, so never stale)."""
+    row = await conn.fetchrow(
+        "SELECT g.status,"
+        " count(c.clip_id) AS total,"
+        " count(c.clip_id) FILTER (WHERE c.status = 'succeeded') AS done,"
+        " count(c.clip_id) FILTER (WHERE c.status = 'failed') AS failed"
+        " FROM generations g LEFT JOIN clips c ON c.generation_id = g.id"
+        " WHERE g.id = $1 GROUP BY g.status",
+        generation_id,
+    )
+    if row is None:
+        return Progress(stage=status or "queued", percent=0)  # type: ignore[arg-type]
+    stage = status or row["status"]
+    total, done, failed = row["total"], row["done"], row["failed"]
+    if stage == "completed":
+        percent = 100
+    elif stage == "generating" and total:
+        percent = 25 + int(60 * done / total)
+    elif stage in ("failed", "canceled"):
+        percent = 0
+    else:
+        percent = _PERCENT.get(stage, 0)
+    return Progress(stage=stage, percent=percent, clips_total=total, clips_completed=done, clips_failed=failed)
+
+
+async def current(conn: asyncpg.Connection, generation_id: str) -> str | None:
+    """The generation's status, locking its row for the rest of the transaction."""
+    value: str | None = await conn.fetchval(
+        "SELECT status FROM generations WHERE id = $1 FOR UPDATE", generation_id
+    )
+    return value
+
+
+async def advance(ctx: Context[Any], status: str, **columns: Any) -> bool:
+    """Move the generation forward to ``status`` (never backward, never out of a terminal status).
+
+    Extra ``columns`` (e.g. ``analysis=...``) are written in the same statement. Returns False when the
+    move was refused, e.g. because the generation was canceled meanwhile.
+    """
+    return await set_status(ctx.conn, ctx.generation_id, status, emit=ctx.emit, **columns)
+
+
+async def set_status(
+    conn: asyncpg.Connection, generation_id: str, status: str, *, emit: Callable[..., Any], **columns: Any
+) -> bool:
+    """The one UPDATE that changes a status: refused unless it moves forward from a non-terminal status."""
+    unknown = set(columns) - _WRITABLE
+    if unknown:
+        raise ValueError(f"not a writable generation column: {sorted(unknown)}")
+    assignments = "".join(f", {name} = ${i}" for i, name in enumerate(columns, start=4))
+    where = "status <> ALL($3::text[])"
+    if status not in TERMINAL:
+        where += " AND array_position($4::text[], status) < array_position($4::text[], $2)"
+        assignments = "".join(f", {name} = ${i}" for i, name in enumerate(columns, start=5))
+    params: list[Any] = [sorted(TERMINAL)]
+    if status not in TERMINAL:
+        params.append(list(STATUS_ORDER))
+    row = await conn.fetchval(
+        f"UPDATE generations SET status = $2, updated_at = now(){assignments} WHERE id = $1 AND {where}"
+        " RETURNING true",
+        generation_id,
+        status,
+        *params,
+        *columns.values(),
+    )
+    if not row:
+        return False
+    emit(
+        topics.GENERATION_STATUS,
+        GenerationStatusChanged(
+            generation_id=generation_id, status=status, progress=await progress(conn, generation_id), at=now()
+        ),
+    )
+    return True
+
+
+async def announce_progress(ctx: Context[Any]) -> None:
+    """Re-announce the current status with fresh progress (e.g. after a clip completed)."""
+    status = await current(ctx.conn, ctx.generation_id)
+    if status is None:
+        return
+    ctx.emit(
+        topics.GENERATION_STATUS,
+        GenerationStatusChanged(
+            generation_id=ctx.generation_id,
+            status=status,  # type: ignore[arg-type]
+            progress=await progress(ctx.conn, ctx.generation_id),
+            at=now(),
+        ),
+    )
+
+
+async def fail(ctx: Context[Any], code: str, message: str) -> bool:
+    """End the generation as failed and emit ``generation.failed`` (once: a second failure is a no-op)."""
+    error = ErrorInfo(code=code, message=message, stage=ctx.stage)
+    if not await advance(ctx, "failed", error=error.model_dump()):
+        return False
+    ctx.emit(topics.GENERATION_FAILED, GenerationFailed(generation_id=ctx.generation_id, error=error))
+    return True

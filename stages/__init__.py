@@ -1,0 +1,1 @@
+"""Pipeline stages: each one consumes a topic, does one job and publishes the next event."""

@@ -1,0 +1,1 @@
+"""Analysis stage: turns a generation request into a structured creative analysis."""

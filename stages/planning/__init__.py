@@ -1,0 +1,1 @@
+"""Planning stage: splits the ad into timed scenes and provider-sized clips."""

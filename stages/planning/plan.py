@@ -1,0 +1,157 @@
+"""Scene and clip planning: how the ad's seconds are shared out, and cut into provider-sized clips.
+
+Pure arithmetic, so an estimate (``POST /api/v1/estimates``) and the real run plan the same clips,
+and a replay plans them again identically. Time is counted in whole milliseconds internally so the
+clip durations of a scene add up to the scene duration without floating-point drift.
+"""
+
+import math
+from collections.abc import Sequence
+
+from schemas.api import Analysis, GenerationRequest, Scene, SceneKind
+from schemas.events import ClipPlan
+
+#: Share of the ad per scene kind, with and without a call-to-action scene.
+WEIGHTS_WITH_CTA: tuple[tuple[SceneKind, float], ...] = (("intro", 0.2), ("development", 0.5), ("cta", 0.3))
+WEIGHTS_WITHOUT_CTA: tuple[tuple[SceneKind, float], ...] = (("intro", 0.3), ("development", 0.7))
+MAX_CLIPS = 999  # clip ids are "clip_NN" or "clip_NNN" (schemas.api.CLIP_ID_RE)
+MS = 1000
+
+
+def allocate_seconds(total: int, weights: Sequence[float]) -> list[int]:
+    """Split ``total`` whole seconds by ``weights`` (largest remainder), each share at least 1 s.
+
+    Ties in the remainders go to the earlier share, so the result is deterministic.
+    """
+    if total < len(weights):
+        raise ValueError(f"{total} s cannot hold {len(weights)} scenes of at least 1 s")
+    scale = sum(weights)
+    quotas = [total * w / scale for w in weights]
+    shares = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - shares[i]), i))
+    for i in by_remainder[: total - sum(shares)]:
+        shares[i] += 1
+    while min(shares) < 1:  # only for extreme weights: take from the largest share
+        shares[shares.index(max(shares))] -= 1
+        shares[shares.index(min(shares))] += 1
+    return shares
+
+
+def split_ms(total_ms: int, max_ms: int) -> list[int]:
+    """Split a duration into as few pieces of at most ``max_ms`` as possible, as equal as possible.
+
+    8 s with a 5 s maximum is 4 + 4, never 5 + 3: equal clips keep the pacing even. Leftover
+    milliseconds go to the first pieces, one each, so the pieces add up exactly.
+    """
+    if max_ms <= 0:
+        raise ValueError("the maximum clip length must be positive")
+    count = max(1, math.ceil(total_ms / max_ms))
+    base, extra = divmod(total_ms, count)
+    return [base + 1 if i < extra else base for i in range(count)]
+
+
+def _names(analysis: Analysis, limit: int) -> list[str]:
+    ranked = sorted(analysis.visual_elements, key=lambda e: -e.importance)
+    return [e.name for e in ranked[:limit]]
+
+
+def _join(items: Sequence[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _brand_name(analysis: Analysis) -> str | None:
+    return analysis.brand.name if analysis.brand is not None else None
+
+
+def _intro_description(analysis: Analysis) -> str:
+    """The hook: the most important things in the picture, in the ad's look and mood."""
+    subject = _join(_names(analysis, 3)) or (analysis.key_themes[0] if analysis.key_themes else "the subject")
+    brand = _brand_name(analysis)
+    tail = f", introducing {brand}" if brand else ""
+    return f"Attention-grabbing opening on {subject} in a {analysis.style}, {analysis.tone} look{tail}."
+
+
+def _development_description(analysis: Analysis) -> str:
+    """The body of the ad: what it says (the first key message) and what it is about (themes)."""
+    message = analysis.key_messages[0].rstrip(".!?…") if analysis.key_messages else "The product in use"
+    themes = _join(analysis.key_themes[:3])
+    highlight = f", highlighting {themes}" if themes else ""
+    return f"{message}{highlight}, at a {analysis.pacing} pace."
+
+
+def _cta_description(analysis: Analysis) -> str:
+    """The close: the call to action, carried by the brand when there is one."""
+    text = analysis.call_to_action.text
+    brand = _brand_name(analysis)
+    branded = f" with the {brand} brand and logo" if brand else ""
+    tagline = analysis.brand.tagline if analysis.brand is not None else None
+    slogan = f" and the tagline “{tagline}”" if tagline else ""
+    return f"Closing call to action “{text}”{branded}{slogan}, clear and uncluttered."
+
+
+def describe_scene(kind: SceneKind, analysis: Analysis) -> str:
+    """One sentence saying what a scene shows, built from the analysis."""
+    if kind == "intro":
+        return _intro_description(analysis)
+    if kind == "development":
+        return _development_description(analysis)
+    return _cta_description(analysis)
+
+
+def _scenes(request: GenerationRequest, analysis: Analysis) -> list[Scene]:
+    weights = WEIGHTS_WITH_CTA if request.options.include_cta else WEIGHTS_WITHOUT_CTA
+    durations = allocate_seconds(request.duration_seconds, [w for _, w in weights])
+    scenes: list[Scene] = []
+    start = 0
+    for number, ((kind, _), seconds) in enumerate(zip(weights, durations, strict=True), start=1):
+        scenes.append(
+            Scene(
+                scene_id=f"scene_{number}",
+                kind=kind,
+                start_seconds=float(start),
+                duration_seconds=float(seconds),
+                description=describe_scene(kind, analysis),
+            )
+        )
+        start += seconds
+    return scenes
+
+
+def _clips(scenes: Sequence[Scene], max_ms: int) -> list[ClipPlan]:
+    clips: list[ClipPlan] = []
+    for scene in scenes:
+        at_ms = round(scene.start_seconds * MS)
+        for piece_ms in split_ms(round(scene.duration_seconds * MS), max_ms):
+            index = len(clips)
+            clips.append(
+                ClipPlan(
+                    clip_id=f"clip_{index + 1:02d}",
+                    scene_id=scene.scene_id,
+                    scene_kind=scene.kind,
+                    index=index,
+                    start_seconds=at_ms / MS,
+                    duration_seconds=piece_ms / MS,
+                )
+            )
+            at_ms += piece_ms
+    if len(clips) > MAX_CLIPS:
+        raise ValueError(f"{len(clips)} clips planned; at most {MAX_CLIPS} are addressable")
+    return clips
+
+
+def plan_scenes(
+    request: GenerationRequest, analysis: Analysis, *, clip_seconds: float = 5.0
+) -> tuple[list[Scene], list[ClipPlan]]:
+    """Scenes (intro / development / cta at ~20/50/30 %) and the clips that render them.
+
+    Scene durations are whole seconds adding up to ``request.duration_seconds`` exactly; each scene
+    is cut into the fewest clips of at most ``clip_seconds`` (the provider's clip length), equal in
+    length to the millisecond, numbered globally in playback order.
+    """
+    max_ms = math.floor(clip_seconds * MS + 1e-6)
+    if max_ms < 1:
+        raise ValueError("clip_seconds must be at least 0.001")
+    scenes = _scenes(request, analysis)
+    return scenes, _clips(scenes, max_ms)

@@ -1,0 +1,1 @@
+"""Prompting stage: writes one compliant micro-prompt per clip."""

@@ -1,0 +1,353 @@
+"""Tests for reelstream.media: real ffmpeg renders, kept to 1-3 s clips (the CI box has 2 cores)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from reelstream import media
+from reelstream.media import (
+    MediaError,
+    NotAVideo,
+    VideoInfo,
+    assemble,
+    probe,
+    render_clip,
+    run_ffmpeg,
+    thumbnail,
+)
+from schemas.api import DIMENSIONS
+from schemas.events import ClipSpec
+
+TRICKY_CAPTION = 'Say "hello": 50% off!\nIt\'s {x} \\ %{pts} & more; [a],b'
+
+
+def make_spec(aspect: str = "16:9", duration: float = 1.0, **overrides: Any) -> ClipSpec:
+    width, height = DIMENSIONS[aspect]
+    fields: dict[str, Any] = {
+        "clip_id": f"clip-{aspect}-{duration}",
+        "scene_id": "scene-1",
+        "scene_kind": "intro",
+        "index": 0,
+        "duration_seconds": duration,
+        "aspect_ratio": aspect,
+        "width": width,
+        "height": height,
+        "prompt": "a product shot",
+        "negative_prompt": "",
+        "caption": TRICKY_CAPTION,
+        "colors": ["#FF6600", "#003366"],
+        "seed": 7,
+    }
+    fields.update(overrides)
+    return ClipSpec(**fields)
+
+
+def assert_h264(info: VideoInfo, width: int, height: int, duration: float) -> None:
+    assert info.codec == "h264"
+    assert info.pix_fmt == "yuv420p"
+    assert (info.width, info.height) == (width, height)
+    assert info.duration_seconds == pytest.approx(duration, abs=0.1)
+    assert info.size_bytes > 0
+
+
+def assert_faststart(path: Path) -> None:
+    data = path.read_bytes()
+    moov, mdat = data.find(b"moov"), data.find(b"mdat")
+    assert moov != -1 and mdat != -1
+    assert moov < mdat, "moov atom must precede mdat (+faststart)"
+
+
+def count_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".part" in p.name)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+async def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three clips of different sizes and lengths (3 s, 3 s, 2 s), rendered once for the module."""
+    directory = tmp_path_factory.mktemp("clips")
+    out = []
+    for i, (aspect, duration) in enumerate((("16:9", 3.0), ("9:16", 3.0), ("1:1", 2.0))):
+        path = directory / f"clip{i}.mp4"
+        await render_clip(make_spec(aspect, duration, index=i), path)
+        out.append(path)
+    return out
+
+
+# --------------------------------------------------------------------------- render_clip
+
+
+@pytest.mark.parametrize(("aspect", "duration"), [("16:9", 1.5), ("9:16", 2.0), ("1:1", 1.0)])
+async def test_render_clip_matches_spec(tmp_path: Path, aspect: str, duration: float) -> None:
+    spec = make_spec(aspect, duration)
+    out = tmp_path / "clip.mp4"
+    info = await render_clip(spec, out)
+    assert_h264(info, spec.width, spec.height, duration)
+    assert info.fps == pytest.approx(16)
+    assert info == probe(out)
+    assert_faststart(out)
+    assert count_frames(out) == round(duration * 16)
+    assert leftovers(tmp_path) == []
+
+
+async def test_render_clip_frame_count_rounds_duration(tmp_path: Path) -> None:
+    out = tmp_path / "odd.mp4"
+    info = await render_clip(make_spec("1:1", 1.3, caption="", colors=[]), out, fps=10)
+    assert count_frames(out) == 13
+    assert info.duration_seconds == pytest.approx(1.3, abs=0.05)
+
+
+async def test_render_clip_background_moves(tmp_path: Path) -> None:
+    out = tmp_path / "moving.mp4"
+    await render_clip(make_spec("1:1", 1.0, caption=""), out)
+    with av.open(str(out)) as container:
+        lumas = [bytes(f.planes[0]) for f in container.decode(video=0)]
+    assert lumas[0] != lumas[-1]
+
+
+async def test_render_clip_single_colour_and_no_caption(tmp_path: Path) -> None:
+    info = await render_clip(make_spec("16:9", 1.0, caption="   \n ", colors=["#123456"]), tmp_path / "c.mp4")
+    assert_h264(info, 832, 480, 1.0)
+
+
+async def test_render_clip_into_directory_with_filter_special_characters(tmp_path: Path) -> None:
+    directory = tmp_path / "we:ird's [dir],x;y"
+    info = await render_clip(make_spec("1:1", 1.0), directory / "c.mp4")
+    assert_h264(info, 640, 640, 1.0)
+
+
+async def test_render_clip_falls_back_without_caption_when_drawtext_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(media, "_drawtext_filter", lambda *args: "drawtext=no_such_option=1")
+    with caplog.at_level(logging.WARNING, logger="reelstream.media"):
+        info = await render_clip(make_spec("16:9", 1.0), tmp_path / "c.mp4")
+    assert_h264(info, 832, 480, 1.0)
+    assert "caption drawing failed" in caplog.text
+    assert leftovers(tmp_path) == []
+
+
+async def test_render_clip_with_unusable_font_file_uses_fontconfig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # drawtext built with fontconfig silently falls back to the default font for a bad fontfile.
+    monkeypatch.setattr(media, "_find_font", lambda: tmp_path / "missing-font.ttf")
+    with caplog.at_level(logging.WARNING, logger="reelstream.media"):
+        info = await render_clip(make_spec("1:1", 1.0), tmp_path / "c.mp4")
+    assert_h264(info, 640, 640, 1.0)
+    assert "caption drawing failed" not in caplog.text
+
+
+def child_processes() -> list[int]:
+    """PIDs of this process's children (Linux /proc), to prove ffmpeg was not left running."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                children.append(int(entry))
+    return children
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_cancelled_render_kills_ffmpeg_and_leaves_nothing(tmp_path: Path) -> None:
+    before = set(child_processes())
+    out = tmp_path / "long.mp4"
+    task = asyncio.create_task(render_clip(make_spec("16:9", 120.0), out))
+    await asyncio.sleep(0.5)
+    assert set(child_processes()) - before, "ffmpeg should be running"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert set(child_processes()) - before == set()
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+async def test_render_clip_rejects_odd_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="even"):
+        await render_clip(make_spec("16:9", 1.0, width=831), tmp_path / "c.mp4")
+
+
+async def test_render_clip_replaces_existing_file(tmp_path: Path) -> None:
+    out = tmp_path / "c.mp4"
+    out.write_text("old")
+    info = await render_clip(make_spec("1:1", 1.0), out)
+    assert info.codec == "h264"
+
+
+# --------------------------------------------------------------------------- caption layout
+
+
+def test_wrap_caption_fits_width_and_keeps_newlines() -> None:
+    text, size = media._wrap_caption("first line\n" + "word " * 40, 480, 832)
+    lines = text.split("\n")
+    assert lines[0] == "first line"
+    max_chars = int(480 * 0.88 / (size * media._CHAR_WIDTH_EM))
+    assert all(len(line) <= max_chars for line in lines)
+    assert len(lines) > 2
+
+
+def test_wrap_caption_shrinks_font_for_long_text() -> None:
+    _, short_size = media._wrap_caption("Hi", 832, 480)
+    _, long_size = media._wrap_caption("lorem ipsum " * 60, 832, 480)
+    assert long_size < short_size
+
+
+def test_wrap_caption_empty() -> None:
+    assert media._wrap_caption(" \n\n ", 640, 640) == ("", 0)
+
+
+def test_escape_filter_value() -> None:
+    assert media._escape_filter_value("a:b'c") == "a\\\\:b\\\\\\'c"
+    assert media._escape_filter_value("[x],y;z") == "\\[x\\]\\,y\\;z"
+
+
+# --------------------------------------------------------------------------- assemble
+
+
+async def test_assemble_trims_to_exact_duration(tmp_path: Path, clips: list[Path]) -> None:
+    out = tmp_path / "final.mp4"
+    info = await assemble(clips, out, duration_seconds=7.0, width=832, height=480)
+    assert_h264(info, 832, 480, 7.0)
+    assert info.duration_seconds == pytest.approx(7.0, abs=0.05)
+    assert info.fps == pytest.approx(24)
+    assert count_frames(out) == 168
+    assert_faststart(out)
+    assert leftovers(tmp_path) == []
+
+
+async def test_assemble_extends_short_clips_with_last_frame(tmp_path: Path, clips: list[Path]) -> None:
+    out = tmp_path / "final.mp4"
+    # 3 s + 2 s of clips, 7 s requested: the last frame is held for 2 s.
+    info = await assemble(clips[1:], out, duration_seconds=7.0, width=480, height=832)
+    assert_h264(info, 480, 832, 7.0)
+    assert info.duration_seconds == pytest.approx(7.0, abs=0.05)
+    assert_faststart(out)
+    with av.open(str(out)) as container:
+        lumas = [bytes(f.planes[0]) for f in container.decode(video=0)]
+    assert len(lumas) == 168
+    # The held tail is identical frames (the clone of the last real one); the start differs.
+    assert lumas[-1] == lumas[-10]
+    assert lumas[0] != lumas[-1]
+
+
+async def test_assemble_square_output_non_integer_duration(tmp_path: Path, clips: list[Path]) -> None:
+    info = await assemble(clips[:1], tmp_path / "f.mp4", duration_seconds=2.51, width=640, height=640, fps=10)
+    assert_h264(info, 640, 640, 2.51)
+    assert info.duration_seconds == pytest.approx(2.51, abs=0.05)
+
+
+async def test_assemble_failure_leaves_no_output(tmp_path: Path, clips: list[Path]) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    out = tmp_path / "final.mp4"
+    with pytest.raises(MediaError):
+        await assemble([clips[0], bad], out, duration_seconds=2.0, width=832, height=480)
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+async def test_assemble_requires_clips(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        await assemble([], tmp_path / "f.mp4", duration_seconds=1.0, width=832, height=480)
+
+
+# --------------------------------------------------------------------------- thumbnail
+
+
+async def test_thumbnail_is_jpeg(tmp_path: Path, clips: list[Path]) -> None:
+    out = tmp_path / "thumb.jpg"
+    await thumbnail(clips[0], out, at_seconds=1.0)
+    data = out.read_bytes()
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+    with av.open(str(out)) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.width, frame.height) == (832, 480)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("at", [60.0, 1.999, 1.97, -1.0])
+async def test_thumbnail_outside_the_video_is_clamped(tmp_path: Path, clips: list[Path], at: float) -> None:
+    out = tmp_path / "thumb.jpg"
+    await thumbnail(clips[2], out, at_seconds=at)
+    assert out.read_bytes()[:2] == b"\xff\xd8"
+
+
+async def test_thumbnail_of_non_video_raises(tmp_path: Path) -> None:
+    text = tmp_path / "x.mp4"
+    text.write_text("hello")
+    with pytest.raises(NotAVideo):
+        await thumbnail(text, tmp_path / "t.jpg")
+
+
+# --------------------------------------------------------------------------- probe / run_ffmpeg
+
+
+def test_probe_text_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.mp4"
+    path.write_text("this is not a video\n")
+    with pytest.raises(NotAVideo):
+        probe(path)
+
+
+def test_probe_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.mp4"
+    path.touch()
+    with pytest.raises(NotAVideo):
+        probe(path)
+
+
+def test_probe_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(NotAVideo):
+        probe(tmp_path / "nope.mp4")
+    with pytest.raises(NotAVideo):
+        probe(tmp_path)
+
+
+async def test_probe_audio_only(tmp_path: Path) -> None:
+    path = tmp_path / "tone.m4a"
+    await run_ffmpeg("-f", "lavfi", "-i", "sine=duration=0.5", "-c:a", "aac", str(path))
+    with pytest.raises(NotAVideo, match="no video stream"):
+        probe(path)
+
+
+def test_probe_truncated_video(tmp_path: Path, clips: list[Path]) -> None:
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(clips[0].read_bytes()[:2000])
+    with pytest.raises(NotAVideo):
+        probe(path)
+
+
+def test_not_a_video_is_media_error() -> None:
+    assert issubclass(NotAVideo, MediaError)
+
+
+async def test_run_ffmpeg_error_carries_stderr(tmp_path: Path) -> None:
+    with pytest.raises(MediaError) as excinfo:
+        await run_ffmpeg("-i", str(tmp_path / "missing.mp4"), str(tmp_path / "o.mp4"))
+    assert "missing.mp4" in str(excinfo.value)
+    assert excinfo.value.stderr
+
+
+def test_ffmpeg_exe_is_cached() -> None:
+    assert media.ffmpeg_exe() is media.ffmpeg_exe()
+    assert Path(media.ffmpeg_exe()).is_file()
