@@ -221,6 +221,8 @@ class StageRunner:
             if previous.cancelled():
                 return  # the chain was abandoned (revoked or stopping); this event is redelivered later
         async with self._semaphore:
+            if self._stopping.is_set():
+                return  # not started yet: leave it uncommitted for whoever consumes next
             try:
                 await self._process(tp, record)
             except _Stopping:
