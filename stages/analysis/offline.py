@@ -270,12 +270,13 @@ AUDIENCE_LEXICON: Mapping[str, tuple[str, ...]] = {
 CTA_INTENTS: Sequence[tuple[tuple[str, ...], str, str]] = (
     (("download", "app", "install"), "Download {brand} today", "Download the app today"),
     (("subscribe", "join", "signup", "membership", "member"), "Join {brand} today", "Join today"),
-    (("book", "reserve", "reservation", "hotel", "trip", "flight"), "Book with {brand}", "Book now"),
+    (("book", "reserve", "reservation", "hotel", "trip", "vacation"), "Book with {brand}", "Book now"),
     (
         ("shop", "buy", "sale", "store", "order", "collection", "discount", "deal"),
         "Shop {brand} now",
         "Shop now",
     ),
+    (("restaurant", "cafe", "café", "menu", "bakery", "bar"), "Visit {brand} today", "Visit us today"),
     (("try", "trial", "demo", "free"), "Try {brand} today", "Try it today"),
 )
 DEFAULT_CTA_BRAND = "Discover {brand}"
@@ -320,7 +321,7 @@ STOPWORDS: frozenset[str] = frozenset(
     display displaying depict depicting include including get gets getting try see watch need needs
     want wants like use using used help helps bring brings give gives take takes tell tells
     feel feels experience discover enjoy meet join shop buy order download celebrate unlock elevate
-    transform boost start
+    transform boost start every ever each will shall may might must also even still yet already
     new latest best great good amazing awesome incredible ultimate perfect nice cool super very
     our we brand product products company
     """.split()
@@ -337,6 +338,11 @@ MOOD_WORDS: frozenset[str] = frozenset(
     vibrant bright vivid saturated authentic candid retro vintage nostalgic classic animated stylish
     emotional uplifting friendly fresh
     """.split()
+)
+
+#: Words that follow a clause-initial imperative verb ("Breathe in", "Taste the", "Grab your").
+IMPERATIVE_FOLLOWERS: frozenset[str] = frozenset(
+    "the a an your our every in out up down more it this that with into off on away back yourself".split()
 )
 
 # Words ending in "-ing" that are nouns, so they do not end a noun phrase (see ``_phrases``).
@@ -358,6 +364,9 @@ _META_VERB_RE = re.compile(
     rf"\s+(?:\S+\s+){{0,6}}?{_META_NOUNS}\b"
     r"\s*(?:for|about|of|showing|featuring|that\s+shows|where|with|:)?\s*",
     re.IGNORECASE,
+)
+_META_LEADIN_RE = re.compile(
+    r"^(?:introducing|presenting|announcing|meet|say\s+hello\s+to)\s+", re.IGNORECASE
 )
 _META_ARTICLE_RE = re.compile(
     rf"^(?:a|an|the|one)\s+(?:\S+\s+){{0,3}}?{_META_NOUNS}\s+"
@@ -517,12 +526,19 @@ def _is_visual(words: Sequence[str]) -> bool:
     return not (word.endswith("ing") and word not in ING_NOUNS) and _stem(word) not in MOOD_WORDS
 
 
+def _drop_imperative(tokens: list[str]) -> list[str]:
+    """Blank a clause-initial verb in the imperative ("Breathe in", "Grab your"), keeping positions."""
+    if len(tokens) > 1 and tokens[1] in IMPERATIVE_FOLLOWERS:
+        return ["", *tokens[1:]]
+    return tokens
+
+
 def _phrases(text: str, exclude: frozenset[str]) -> list[_Phrase]:
     """Candidate noun phrases in text order, at most three words each (English heads come last)."""
     phrases: list[_Phrase] = []
     offset = 0
     for chunk in _chunks(text):
-        tokens = _tokens(chunk)
+        tokens = _drop_imperative(_tokens(chunk))
         for run in _runs(tokens, exclude):
             words = run[-MAX_PHRASE_WORDS:]
             if _is_visual([w for _, w in words]):
@@ -574,8 +590,8 @@ def shorten(text: str, limit: int, *, ellipsis: str = "…") -> str:
 
 
 def _strip_meta(sentence: str) -> str:
-    """Drop a request preamble ("Create a 15-second ad for", "An ad about") so the subject remains."""
-    for pattern in (_META_VERB_RE, _META_ARTICLE_RE):
+    """Drop a preamble ("Create a 15-second ad for", "An ad about", "Introducing") so the subject remains."""
+    for pattern in (_META_VERB_RE, _META_ARTICLE_RE, _META_LEADIN_RE):
         stripped = pattern.sub("", sentence, count=1).strip(_TRIM)
         if len(stripped) >= 3:
             sentence = stripped
@@ -601,7 +617,7 @@ def _messages(request: GenerationRequest) -> list[str]:
         if message and message.lower() not in seen:
             seen.add(message.lower())
             messages.append(message)
-    return messages[:MAX_MESSAGES]
+    return messages[:MAX_MESSAGES] or [shorten(request.prompt, MAX_MESSAGE_CHARS)]
 
 
 def _hex_rgb(color: str) -> tuple[float, float, float]:

@@ -150,8 +150,8 @@ def plan_scenes(
     is cut into the fewest clips of at most ``clip_seconds`` (the provider's clip length), equal in
     length to the millisecond, numbered globally in playback order.
     """
+    if not math.isfinite(clip_seconds) or clip_seconds < 0.001:
+        raise ValueError("clip_seconds must be a finite number of at least 0.001")
     max_ms = math.floor(clip_seconds * MS + 1e-6)
-    if max_ms < 1:
-        raise ValueError("clip_seconds must be at least 0.001")
     scenes = _scenes(request, analysis)
     return scenes, _clips(scenes, max_ms)

@@ -32,10 +32,10 @@ DEFAULT_NEGATIVE: tuple[str, ...] = (
 )
 ACCESSIBILITY = "Legible on-screen text with strong contrast, no flashing or strobing"
 QUALITY = "cinematic lighting, smooth camera motion, high detail"
-PURPOSE: dict[SceneKind, str] = {
-    "intro": "Opening hook shot",
-    "development": "Story shot",
-    "cta": "Closing call-to-action shot, clean space for the end text",
+PURPOSE: dict[SceneKind, tuple[str, str]] = {
+    "intro": ("Opening hook shot", ""),
+    "development": ("Story shot", ""),
+    "cta": ("Closing call-to-action shot", ", clean space for the end text"),
 }
 FRAMING: dict[str, str] = {
     "16:9": "widescreen horizontal framing",
@@ -174,7 +174,8 @@ def prompt_parts(
     request: GenerationRequest, analysis: Analysis, scene: Scene, shot: int, shots: int
 ) -> list[Part]:
     """Everything a prompt could say about one clip, in reading order, each with its priority."""
-    purpose = PURPOSE[scene.kind] + (f" {shot} of {shots}" if shots > 1 else "")
+    label, detail = PURPOSE[scene.kind]
+    purpose = label + (f" {shot} of {shots}" if shots > 1 else "") + detail
     parts = [
         Part(purpose, 100, truncatable=True),
         Part(scene.description, 90, truncatable=True),
@@ -210,13 +211,25 @@ def negative_prompt(request: GenerationRequest) -> str:
 # --- captions ----------------------------------------------------------------------------------
 
 
+def has_avoided(text: str, avoid: Sequence[str]) -> bool:
+    """Whether ``text`` contains any avoided word or phrase (whole words, any case)."""
+    return any(_avoid_pattern(w).search(text) for w in avoid if w.strip())
+
+
 def _first_clean(candidates: Iterable[str | None], avoid: Sequence[str], limit: int) -> str:
-    """The first candidate that still says something once avoided words are removed."""
-    for candidate in candidates:
-        if candidate:
-            text = _shorten(remove_words(candidate, avoid), limit)
-            if text:
-                return text
+    """The first candidate free of avoided words; failing that, the first that survives scrubbing.
+
+    On-screen text with a word cut out reads badly ("Not, better than any"), so a caption prefers
+    another message that needs no scrubbing at all.
+    """
+    texts = [c for c in candidates if c and c.strip()]
+    for text in texts:
+        if not has_avoided(text, avoid):
+            return _shorten(text, limit)
+    for text in texts:
+        scrubbed = _shorten(remove_words(text, avoid), limit)
+        if scrubbed:
+            return scrubbed
     return ""
 
 
@@ -245,11 +258,12 @@ def _development_caption(analysis: Analysis, avoid: Sequence[str], ordinal: int)
 
 
 def _cta_caption(analysis: Analysis, avoid: Sequence[str]) -> str:
-    """The call to action, followed by the tagline when both fit."""
+    """The call to action, followed by the tagline when both fit and the tagline is compliant as is."""
     cta = _first_clean([analysis.call_to_action.text], avoid, MAX_CAPTION_CHARS)
     tagline = analysis.brand.tagline if analysis.brand is not None else None
     room = MAX_CAPTION_CHARS - len(cta) - 3
-    slogan = _first_clean([tagline], avoid, room) if tagline and room > 10 else ""
+    usable = tagline is not None and room > 10 and not has_avoided(tagline, avoid)
+    slogan = _shorten(tagline, room) if tagline and usable else ""
     return " — ".join(t for t in (cta, slogan) if t)
 
 
