@@ -113,7 +113,8 @@ class Stage:
 class RuntimeConfig:
     bootstrap: str
     concurrency: int = 16
-    max_in_flight: int = 2000
+    #: Fetched but unfinished messages, at most: bounds memory and the work a shutdown must finish.
+    max_in_flight: int = 128
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_backoff: float = 5.0
@@ -169,7 +170,8 @@ class StageRunner:
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure(consumer)
-                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                room = max(1, self.config.max_in_flight - self._in_flight())
+                batch = await consumer.getmany(timeout_ms=200, max_records=min(500, room))
                 if consumer.assignment():
                     self.ready.set()
                 for tp, records in batch.items():
@@ -221,8 +223,6 @@ class StageRunner:
             if previous.cancelled():
                 return  # the chain was abandoned (revoked or stopping); this event is redelivered later
         async with self._semaphore:
-            if self._stopping.is_set():
-                return  # not started yet: leave it uncommitted for whoever consumes next
             try:
                 await self._process(tp, record)
             except _Stopping:
