@@ -2,5 +2,6 @@
 
 It is the only process clients talk to. It writes the first row of a generation and publishes
 ``generation.requested``; everything after that happens in the stages, and the gateway only reads
-Postgres (for the API) and ``generation.status`` (for the WebSocket). See ``/work/shared/CONTRACT.md``.
+Postgres (for the API) and ``generation.status`` (for the WebSocket). The public contract
+(CONTRACT.md) defines every route, field, status and error code served here.
 """

@@ -21,6 +21,9 @@ from schemas.api import ErrorBody, ErrorDetail, FieldError
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID = web.RequestKey("reelstream_request_id", str)
+#: The API key a request authenticated with (absent when the gateway is open).
+PRINCIPAL = web.RequestKey("reelstream_principal", str)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 #: Error code for a bare aiohttp HTTP exception of a given status (routing, body size, ...).
@@ -70,7 +73,9 @@ def validation_error(field: str, message: str) -> ApiError:
     )
 
 
-def json_response(model: BaseModel, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+def json_response(
+    model: BaseModel, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
     """Serialise a pydantic model exactly as declared (datetimes as RFC 3339)."""
     return web.Response(
         body=model.model_dump_json().encode(),
@@ -88,7 +93,9 @@ def error_response(
     details: Sequence[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    body = ErrorBody(error=ErrorDetail(code=code, message=message, details=list(details) if details else None))
+    body = ErrorBody(
+        error=ErrorDetail(code=code, message=message, details=list(details) if details else None)
+    )
     return web.Response(
         body=body.model_dump_json(exclude_none=True).encode(),
         status=status,
@@ -98,8 +105,8 @@ def error_response(
 
 
 def request_id(request: web.Request) -> str:
-    value = request.get("request_id")
-    return value if isinstance(value, str) else "-"
+    value: str = request.get(REQUEST_ID, "-")
+    return value
 
 
 def route_template(request: web.Request) -> str:
@@ -119,7 +126,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Outermost: give the request an id (echoed in ``X-Request-ID``) and count it by route template."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     rid = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     started = time.monotonic()
     status = 500
     try:
@@ -128,9 +135,18 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = rid
         return response
+    except web.HTTPException as exc:  # redirects raised as exceptions (the S3 presigned URL)
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = rid
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away mid-request: not a server error
+        raise
     finally:
         metrics.HTTP_REQUESTS.labels(request.method, route_template(request), str(status)).inc()
-        log.debug("%s %s %s %.1fms", request.method, request.path, status, (time.monotonic() - started) * 1000)
+        log.debug(
+            "%s %s %s %.1fms", request.method, request.path, status, (time.monotonic() - started) * 1000
+        )
 
 
 @web.middleware
@@ -150,7 +166,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, request_id(request))
+        log.exception(
+            "unhandled error on %s %s (request %s)", request.method, request.path, request_id(request)
+        )
         return error_response(
             500, "internal_error", f"internal error; quote request id {request_id(request)} when reporting it"
         )

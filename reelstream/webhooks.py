@@ -6,9 +6,9 @@ the tests travel the same path as production.
 
 import base64
 import json
+import os
 import secrets
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -34,14 +34,16 @@ def local_secret(settings: Settings) -> str:
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".webhook_secret.{secrets.token_hex(6)}")
     tmp.write_text(secret)
     tmp.chmod(0o600)
     try:
-        tmp.rename(path) if not path.exists() else tmp.unlink()
+        os.link(tmp, path)  # atomic and refuses to overwrite: concurrent first starts agree on one secret
     except FileExistsError:
-        tmp.unlink(missing_ok=True)
-    return Path(path).read_text().strip()
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
 
 
 def sign(secret: str, body: bytes, *, webhook_id: str, at: datetime | None = None) -> dict[str, str]:

@@ -1,0 +1,85 @@
+"""Assembling the gateway: routes, middlewares, lifecycle; and serving it until told to stop.
+
+Middleware order, outermost first: ``observe`` (request id, metrics, so it sees the final status),
+``errors`` (every failure becomes the contract's JSON), ``auth`` (so its 401/429 are rendered by
+``errors`` too).
+"""
+
+import asyncio
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import estimates, generations, health, openapi, videos, webhooks, ws
+from gateway.auth import LIMITER, SlidingWindow, auth_middleware
+from gateway.deps import DEPS, GatewayDeps
+from gateway.errors import error_middleware, observe_middleware
+from gateway.health import READINESS, Readiness
+
+__all__ = ["GatewayDeps", "create_app", "run_gateway"]
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+#: aiohttp's own cap on buffered bodies; our handlers cap lower per route (64 KiB, webhooks 1 MiB).
+CLIENT_MAX_SIZE = 1024 * 1024 + 1
+SHUTDOWN_TIMEOUT_SECONDS = 5.0
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+def create_app(deps: GatewayDeps) -> web.Application:
+    """The aiohttp application; the status hub starts and stops with it (``cleanup_ctx``)."""
+    app = web.Application(
+        middlewares=[observe_middleware, error_middleware, auth_middleware], client_max_size=CLIENT_MAX_SIZE
+    )
+    app[DEPS] = deps
+    app[LIMITER] = SlidingWindow(deps.settings.rate_limit_per_minute)
+    app[READINESS] = Readiness()
+    app[ws.SOCKETS] = {}
+    for table in (
+        generations.routes,
+        estimates.routes,
+        videos.routes,
+        webhooks.routes,
+        ws.routes,
+        health.routes,
+        openapi.routes,
+        routes,
+    ):
+        app.add_routes(table)
+    app.cleanup_ctx.append(ws.hub_context)
+    app.on_shutdown.append(ws.close_sockets)
+    return app
+
+
+async def run_gateway(
+    deps: GatewayDeps,
+    *,
+    host: str,
+    port: int,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event,
+) -> None:
+    """Serve on ``host:port`` until ``stop`` is set; ``ready`` is set once requests are accepted.
+
+    Signals are the caller's business (``handle_signals=False``): the embedded stack stops many
+    components on one SIGTERM.
+    """
+    runner = web.AppRunner(create_app(deps), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("gateway listening on %s", ", ".join(f"http://{a[0]}:{a[1]}" for a in runner.addresses))
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,383 @@
+"""``/api/v1/generations``: create (idempotently), list, read, cancel.
+
+Creating writes the row first and publishes ``generation.requested`` before answering 202, so the id a
+client gets is immediately readable (``queued``, never 404) and is already on its way to the stages.
+"""
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel
+
+from gateway.body import json_body
+from gateway.deps import GatewayDeps, get_deps
+from gateway.detail import (
+    generation_path,
+    load_detail,
+    summary_from_row,
+    valid_generation_id,
+    websocket_path,
+)
+from gateway.errors import PRINCIPAL, ApiError, json_response, not_found, request_id, validation_error
+from gateway.publishing import PublishFailed, gateway_event, publish
+from reelstream import metrics, status
+from reelstream.events import derive_id
+from schemas import topics
+from schemas.api import (
+    TERMINAL,
+    GenerationCreated,
+    GenerationDetail,
+    GenerationPage,
+    GenerationRequest,
+    Links,
+)
+from schemas.envelope import CloudEvent
+from schemas.events import GenerationRequested
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_MAX = 255
+DEFAULT_LIMIT = 20
+PROVIDER_CANCEL_TIMEOUT_SECONDS = 10.0
+MAX_LIMIT = 100
+#: Every status a generation can have; the list filter accepts a comma-separated subset.
+_STATUSES = frozenset(
+    {
+        "queued",
+        "analyzing",
+        "planning",
+        "prompting",
+        "generating",
+        "assembling",
+        "completed",
+        "failed",
+        "canceled",
+    }
+)
+
+
+# -- create -------------------------------------------------------------------------------------------
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    """The header, namespaced by the caller's API key so two clients' keys can never collide."""
+    value = request.headers.get(IDEMPOTENCY_HEADER)
+    if value is None:
+        return None
+    if not 1 <= len(value) <= _IDEMPOTENCY_MAX or not value.isprintable() or not value.strip():
+        raise validation_error(IDEMPOTENCY_HEADER, f"must be 1..{_IDEMPOTENCY_MAX} printable characters")
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        return f"{hashlib.sha256(principal.encode()).hexdigest()[:16]}:{value}"
+    return value
+
+
+def request_hash(req: GenerationRequest) -> str:
+    """sha256 of the canonical JSON of the validated request: formatting and defaults don't matter."""
+    canonical = json.dumps(
+        req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _created(generation_id: str, state: str, created_at: datetime) -> GenerationCreated:
+    return GenerationCreated(
+        generation_id=generation_id,
+        status=state,
+        created_at=created_at,
+        links=Links(self=generation_path(generation_id), websocket=websocket_path(generation_id)),
+    )
+
+
+async def _replay(conn: asyncpg.Connection, key: str, digest: str) -> GenerationCreated | None:
+    """The generation an unexpired key already created, 409 if the body differs, None if the key is free."""
+    found = await conn.fetchrow(
+        "SELECT k.request_hash, g.id, g.status, g.created_at FROM idempotency_keys k"
+        " JOIN generations g ON g.id = k.generation_id"
+        " WHERE k.key = $1 AND k.created_at > now() - interval '24 hours'",
+        key,
+    )
+    if found is None:
+        return None
+    if found["request_hash"] != digest:
+        raise ApiError(
+            409, "conflict", f"this {IDEMPOTENCY_HEADER} was already used with a different request body"
+        )
+    return _created(found["id"], found["status"], found["created_at"])
+
+
+async def _insert(
+    conn: asyncpg.Connection, generation_id: str, req: GenerationRequest, key: str | None, digest: str
+) -> datetime:
+    """The generation row and its idempotency key, in one transaction (both or neither)."""
+    async with conn.transaction():
+        if key is not None:
+            # An expired key (or one whose generation is gone) may be reused.
+            await conn.execute(
+                "DELETE FROM idempotency_keys k WHERE k.key = $1"
+                " AND (k.created_at <= now() - interval '24 hours'"
+                "      OR NOT EXISTS (SELECT 1 FROM generations g WHERE g.id = k.generation_id))",
+                key,
+            )
+        created_at: datetime = await conn.fetchval(
+            "INSERT INTO generations (id, status, prompt, duration_seconds, aspect_ratio, brand, options)"
+            " VALUES ($1, 'queued', $2, $3, $4, $5, $6) RETURNING created_at",
+            generation_id,
+            req.prompt,
+            req.duration_seconds,
+            req.aspect_ratio,
+            req.brand.model_dump(mode="json") if req.brand is not None else None,
+            req.options.model_dump(mode="json"),
+        )
+        if key is not None:
+            await conn.execute(
+                "INSERT INTO idempotency_keys (key, request_hash, generation_id) VALUES ($1, $2, $3)",
+                key,
+                digest,
+                generation_id,
+            )
+    return created_at
+
+
+async def _abandon(deps: GatewayDeps, generation_id: str, key: str | None, reason: str) -> None:
+    """The request never reached the broker: end the row as failed and free the idempotency key.
+
+    Freeing the key lets the client's retry (same key, after our 503) create a fresh generation instead
+    of being handed back this dead one.
+    """
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await status.set_status(
+            conn,
+            generation_id,
+            "failed",
+            emit=lambda *_: None,  # the broker is what just failed; nobody can be watching this id yet
+            error={
+                "code": "unavailable",
+                "message": f"could not queue the request: {reason}",
+                "stage": "gateway",
+            },
+        )
+        if key is not None:
+            await conn.execute(
+                "DELETE FROM idempotency_keys WHERE key = $1 AND generation_id = $2", key, generation_id
+            )
+
+
+@routes.post("/api/v1/generations")
+async def create_generation(request: web.Request) -> web.Response:
+    deps = get_deps(request)
+    key = _idempotency_key(request)
+    req = await json_body(request, GenerationRequest)
+    digest = request_hash(req)
+    generation_id = "gen_" + uuid.uuid4().hex
+    async with deps.pool.acquire() as conn:
+        created_at: datetime | None = None
+        for _ in range(3):
+            if key is not None:
+                replayed = await _replay(conn, key, digest)
+                if replayed is not None:
+                    return json_response(replayed, status=200)
+            try:
+                created_at = await _insert(conn, generation_id, req, key, digest)
+                break
+            except asyncpg.UniqueViolationError:
+                if key is None:
+                    raise
+                continue  # a concurrent request with the same key won the race: answer with its generation
+        if created_at is None:
+            raise ApiError(409, "conflict", f"this {IDEMPOTENCY_HEADER} is being used concurrently; retry")
+
+    event = gateway_event(
+        topics.GENERATION_REQUESTED,
+        GenerationRequested(generation_id=generation_id, request=req, requested_at=created_at),
+        subject=generation_id,
+        event_id=derive_id(generation_id, "gateway", topics.GENERATION_REQUESTED),
+    )
+    try:
+        await publish(deps.producer, [(topics.GENERATION_REQUESTED, event)])
+    except PublishFailed as exc:
+        log.error("generation %s not queued (request %s): %s", generation_id, request_id(request), exc)
+        await _abandon(deps, generation_id, key, str(exc))
+        raise ApiError(503, "unavailable", "the job queue is unavailable; retry later") from None
+    log.info("generation %s requested (request %s)", generation_id, request_id(request))
+    return json_response(
+        _created(generation_id, "queued", created_at),
+        status=202,
+        headers={"Location": generation_path(generation_id)},
+    )
+
+
+# -- list ----------------------------------------------------------------------------------------------
+
+
+def encode_cursor(created_at: datetime, generation_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), generation_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) position a cursor stands for; 422 naming ``cursor`` if it is not ours."""
+    try:
+        if len(cursor) > 200:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, generation_id = json.loads(raw)
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is None or not isinstance(generation_id, str) or not valid_generation_id(generation_id):
+            raise ValueError("not a cursor")
+    except (ValueError, TypeError, binascii.Error):
+        raise validation_error("cursor", "not a cursor returned by this API") from None
+    return at, generation_id
+
+
+def _limit(request: web.Request) -> int:
+    value = request.query.get("limit")
+    if value is None:
+        return DEFAULT_LIMIT
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise validation_error("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(value)
+
+
+def _statuses(request: web.Request) -> list[str] | None:
+    value = request.query.get("status")
+    if value is None or value == "":
+        return None
+    wanted = [s.strip() for s in value.split(",")]
+    bad = [s for s in wanted if s not in _STATUSES]
+    if bad:
+        raise validation_error("status", f"must be one of {', '.join(sorted(_STATUSES))} (comma-separated)")
+    return wanted
+
+
+@routes.get("/api/v1/generations")
+async def list_generations(request: web.Request) -> web.Response:
+    """Newest first, keyset-paginated on (created_at, id): stable while new generations arrive."""
+    limit = _limit(request)
+    wanted = _statuses(request)
+    cursor = request.query.get("cursor")
+    after: tuple[datetime, str] | tuple[None, None] = decode_cursor(cursor) if cursor else (None, None)
+    async with get_deps(request).pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, status, prompt, duration_seconds, aspect_ratio, created_at, updated_at, video"
+            " FROM generations"
+            " WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))"
+            " AND ($2::timestamptz IS NULL OR (created_at, id) < ($2::timestamptz, $3::text))"
+            " ORDER BY created_at DESC, id DESC LIMIT $4",
+            wanted,
+            after[0],
+            after[1],
+            limit + 1,
+        )
+    page = rows[:limit]
+    more = len(rows) > limit
+    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more and page else None
+    return json_response(GenerationPage(items=[summary_from_row(r) for r in page], next_cursor=next_cursor))
+
+
+# -- read ----------------------------------------------------------------------------------------------
+
+
+async def detail_or_404(deps: GatewayDeps, generation_id: str) -> GenerationDetail:
+    if not valid_generation_id(generation_id):
+        raise not_found(f"no generation {generation_id[:80]!r}")
+    async with deps.pool.acquire() as conn:
+        detail = await load_detail(conn, generation_id)
+    if detail is None:
+        raise not_found(f"no generation {generation_id}")
+    return detail
+
+
+@routes.get("/api/v1/generations/{generation_id}")
+async def get_generation(request: web.Request) -> web.Response:
+    return json_response(await detail_or_404(get_deps(request), request.match_info["generation_id"]))
+
+
+# -- cancel --------------------------------------------------------------------------------------------
+
+
+class _Collector:
+    """The ``emit`` callback for :func:`reelstream.status.set_status`: keeps what to publish after commit."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, BaseModel]] = []
+
+    def __call__(self, topic: str, data: BaseModel, **_: Any) -> None:
+        self.items.append((topic, data))
+
+
+async def _cancel_predictions(deps: GatewayDeps, generation_id: str, prediction_ids: list[str]) -> None:
+    """Best effort: a prediction we fail to cancel still ends on its own, and its webhook is ignored."""
+    provider = deps.provider
+    if provider is None:
+        return
+
+    async def cancel_one(prediction_id: str) -> None:
+        try:
+            await asyncio.wait_for(provider.cancel(prediction_id), timeout=PROVIDER_CANCEL_TIMEOUT_SECONDS)
+        except Exception:
+            log.warning("%s: could not cancel prediction %s", generation_id, prediction_id, exc_info=True)
+
+    await asyncio.gather(*(cancel_one(p) for p in prediction_ids))
+
+
+@routes.post("/api/v1/generations/{generation_id}/cancel")
+async def cancel_generation(request: web.Request) -> web.Response:
+    deps = get_deps(request)
+    generation_id = request.match_info["generation_id"]
+    if not valid_generation_id(generation_id):
+        raise not_found(f"no generation {generation_id[:80]!r}")
+    collected = _Collector()
+    async with deps.pool.acquire() as conn, conn.transaction():
+        current = await status.current(conn, generation_id)  # locks the row until commit
+        if current is None:
+            raise not_found(f"no generation {generation_id}")
+        if current in TERMINAL or not await status.set_status(
+            conn, generation_id, "canceled", emit=collected
+        ):
+            raise ApiError(409, "conflict", f"generation {generation_id} has already ended ({current})")
+        outstanding = await conn.fetch(
+            "UPDATE clips c SET status = 'canceled', updated_at = now()"
+            " FROM (SELECT clip_id, status, prediction_id FROM clips"
+            "       WHERE generation_id = $1 AND status IN ('pending', 'submitted', 'processing')"
+            "       FOR UPDATE) old"
+            " WHERE c.generation_id = $1 AND c.clip_id = old.clip_id"
+            " RETURNING old.status AS old_status, old.prediction_id",
+            generation_id,
+        )
+    metrics.GENERATIONS.labels("canceled").inc()
+    events: list[tuple[str, CloudEvent]] = [
+        (
+            topic,
+            gateway_event(
+                topic, data, subject=generation_id, event_id=derive_id(generation_id, "cancel", str(i))
+            ),
+        )
+        for i, (topic, data) in enumerate(collected.items)
+    ]
+    try:
+        await publish(deps.producer, events)
+    except PublishFailed as exc:
+        # Postgres already says canceled and every stage checks that before acting; only live
+        # watchers miss the news (they get it with their next snapshot).
+        log.warning("%s canceled but its status event was not published: %s", generation_id, exc)
+    predictions = [
+        r["prediction_id"]
+        for r in outstanding
+        if r["old_status"] in ("submitted", "processing") and r["prediction_id"]
+    ]
+    await _cancel_predictions(deps, generation_id, predictions)
+    detail = await detail_or_404(deps, generation_id)
+    log.info("generation %s canceled (request %s)", generation_id, request_id(request))
+    return json_response(detail, status=202)

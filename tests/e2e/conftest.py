@@ -1,0 +1,59 @@
+"""An in-process embedded stack per test module: real tansu, real Postgres, every stage, the gateway."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from reelstream import embedded, kafka, service
+from reelstream.settings import Settings
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    url: str
+    deps: service.Deps
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    kafka_bootstrap: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    data_dir: Path = tmp_path_factory.mktemp("stack")
+    port = embedded.free_port()
+    settings = Settings(
+        data_dir=data_dir,
+        http_port=port,
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=database_url,
+        kafka_session_timeout_ms=2000,
+        kafka_heartbeat_interval_ms=500,
+        render_concurrency=2,
+    )
+    await kafka.ensure_topics(kafka_bootstrap, kafka.all_topics())
+    pool = await service.open_pool(settings)
+    producer = kafka.Producer(kafka_bootstrap)
+    await producer.start()
+    deps = service.Deps(settings, service.build_storage(settings), service.build_provider(settings))
+    stop = asyncio.Event()
+    gateway_ready = asyncio.Event()
+    gateway = asyncio.create_task(service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop))
+    stages_ready = asyncio.Event()
+
+    async def on_ready() -> None:
+        stages_ready.set()
+
+    stages = asyncio.create_task(
+        service.run_stages(service.STAGE_NAMES, settings, pool=pool, producer=producer, deps=deps, stop=stop,
+                           on_ready=on_ready)
+    )
+    await asyncio.wait_for(asyncio.gather(gateway_ready.wait(), stages_ready.wait()), 90)
+    yield Stack(settings, settings.gateway_url, deps)
+    stop.set()
+    await asyncio.gather(stages, gateway, return_exceptions=True)
+    await deps.provider.close()
+    await producer.stop()
+    await pool.close()

@@ -1,0 +1,111 @@
+"""A prompt in, a real MP4 out: the six stages, the gateway and the local renderer on real infrastructure."""
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import pytest
+
+from schemas.api import DIMENSIONS, status_rank
+
+from .conftest import Stack
+
+pytestmark = pytest.mark.slow
+
+
+async def follow(session: aiohttp.ClientSession, url: str, generation_id: str, timeout: float = 240) -> list[dict[str, Any]]:
+    """Every WebSocket message until a terminal status."""
+    messages: list[dict[str, Any]] = []
+    async with session.ws_connect(f"{url}/ws/generations/{generation_id}") as ws:
+        async with asyncio.timeout(timeout):
+            async for msg in ws:
+                assert msg.type == aiohttp.WSMsgType.TEXT
+                data = json.loads(msg.data)
+                messages.append(data)
+                status = data.get("status") or data.get("generation", {}).get("status")
+                if data["type"] in ("status", "snapshot") and status in ("completed", "failed", "canceled"):
+                    break
+    return messages
+
+
+def probe(path: Path) -> tuple[str, float, int, int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert container.duration is not None
+        return stream.codec_context.name, container.duration / 1_000_000, stream.width, stream.height
+
+
+@pytest.mark.parametrize(
+    ("aspect_ratio", "duration"), [("16:9", 15), ("9:16", 7), ("1:1", 12)]
+)
+async def test_generation_completes_with_a_valid_video(
+    stack: Stack, aspect_ratio: str, duration: int, tmp_path: Path
+) -> None:
+    body = {
+        "prompt": "A barista pours latte art at dawn; cosy, warm, inviting. Fresh beans, steam, smiles.",
+        "duration_seconds": duration,
+        "aspect_ratio": aspect_ratio,
+        "brand": {"name": "Bean There", "colors": ["#6F4E37", "#F5DEB3"], "tagline": "Coffee worth the trip",
+                  "guidelines": {"dont": ["cheap"], "required_disclaimer": "Offer valid in participating stores."}},
+        "options": {"cta_text": "Order ahead today"},
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}/api/v1/generations", json=body) as resp:
+            assert resp.status == 202
+            created = await resp.json()
+        generation_id = created["generation_id"]
+        messages = await follow(session, stack.url, generation_id)
+        assert messages[0]["type"] == "snapshot"
+        statuses = [m["status"] for m in messages if m["type"] == "status"]
+        ranks = [status_rank(s) for s in statuses]
+        assert ranks == sorted(ranks), f"statuses moved backward: {statuses}"
+        assert statuses[-1] == "completed", messages[-1]
+        assert {"analyzing", "generating"} <= set(statuses) | {messages[0]["generation"]["status"]}
+
+        async with session.get(f"{stack.url}/api/v1/generations/{generation_id}") as resp:
+            detail = await resp.json()
+        assert detail["status"] == "completed"
+        assert detail["progress"]["percent"] == 100
+        assert detail["analysis"]["source"] == "offline"
+        assert sum(s["duration_seconds"] for s in detail["scenes"]) == duration
+        assert [s["kind"] for s in detail["scenes"]] == ["intro", "development", "cta"]
+        assert all(c["status"] == "succeeded" and c["url"] for c in detail["clips"])
+        assert all("cheap" not in c["prompt"].lower() for c in detail["clips"])
+        assert detail["video"]["duration_seconds"] == pytest.approx(duration, abs=0.1)
+
+        out = tmp_path / "final.mp4"
+        async with session.get(f"{stack.url}{detail['video']['url']}") as resp:
+            assert resp.status == 200 and resp.content_type == "video/mp4"
+            out.write_bytes(await resp.read())
+    codec, seconds, width, height = probe(out)
+    assert codec == "h264"
+    assert seconds == pytest.approx(duration, abs=0.1)
+    assert (width, height) == DIMENSIONS[aspect_ratio]
+    # The contract's storage layout, under the local data dir.
+    root = stack.settings.data_dir / "storage" / "generations" / generation_id
+    assert (root / "final.mp4").is_file() and (root / "thumbnail.jpg").is_file()
+    assert sorted(p.name for p in (root / "clips").iterdir()) == sorted(f"{c['clip_id']}.mp4" for c in detail["clips"])
+
+
+async def test_cancel_ends_in_canceled(stack: Stack) -> None:
+    body = {"prompt": "A slow pan across a mountain lake at dusk", "duration_seconds": 60,
+            "options": {"parallel_clips": False}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}/api/v1/generations", json=body) as resp:
+            generation_id = (await resp.json())["generation_id"]
+        async with session.post(f"{stack.url}/api/v1/generations/{generation_id}/cancel") as resp:
+            assert resp.status == 202
+        messages = await follow(session, stack.url, generation_id, timeout=60)
+        final = messages[-1]
+        assert (final.get("status") or final["generation"]["status"]) == "canceled"
+        await asyncio.sleep(2)  # the stages must not move it on afterwards
+        async with session.get(f"{stack.url}/api/v1/generations/{generation_id}") as resp:
+            detail = await resp.json()
+        assert detail["status"] == "canceled"
+        assert all(c["status"] in ("pending", "canceled", "succeeded") for c in detail["clips"])
+        async with session.post(f"{stack.url}/api/v1/generations/{generation_id}/cancel") as resp:
+            assert resp.status == 409
+            assert (await resp.json())["error"]["code"] == "conflict"

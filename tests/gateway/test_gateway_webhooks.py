@@ -1,0 +1,248 @@
+"""POST /api/v1/webhooks/replicate and GET /provider/outputs/{name}."""
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway_harness import FailingProducer, Gateway, GatewayFactory, Record, Tap
+
+from reelstream.providers import marker
+from reelstream.webhooks import sign
+from schemas import topics
+from schemas.events import ClipCompleted
+
+URL = "/api/v1/webhooks/replicate"
+
+
+def _prediction(prediction_id: str, status: str = "succeeded") -> bytes:
+    return json.dumps(
+        {
+            "id": prediction_id,
+            "status": status,
+            "output": "https://example.invalid/out.mp4" if status == "succeeded" else None,
+            "error": None,
+            "metrics": {"predict_time": 12.5},
+        }
+    ).encode()
+
+
+async def _recorded_prediction(gw: Gateway, attempt: int = 1) -> tuple[str, str]:
+    gid = await gw.create("Webhook ad")
+    prediction_id = f"p_{uuid.uuid4().hex}"
+    await gw.pool.execute(
+        "INSERT INTO predictions (prediction_id, generation_id, clip_id, attempt, provider)"
+        " VALUES ($1, $2, 'clip_02', $3, 'replicate')",
+        prediction_id,
+        gid,
+        attempt,
+    )
+    return gid, prediction_id
+
+
+def _completed_for(webhook_id: str) -> Any:
+    return lambda r: r.event.data.get("webhook_id") == webhook_id
+
+
+async def test_signed_webhook_publishes_clip_completed_once(gw: Gateway, tap: Any) -> None:
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    gid, prediction_id = await _recorded_prediction(gw, attempt=2)
+    body = _prediction(prediction_id)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    headers = sign(gw.secret, body, webhook_id=webhook_id)
+
+    resp = await gw.client.post(URL, data=body, headers=headers)
+    assert resp.status == 200
+    assert await resp.json() == {"status": "accepted"}
+    record: Record = await completed.wait_for(_completed_for(webhook_id))
+    assert record.key == gid.encode()
+    assert record.event.source == "/reelstream/gateway" and record.event.subject == gid
+    data = ClipCompleted.model_validate(record.event.data)
+    assert (data.generation_id, data.clip_id, data.attempt) == (gid, "clip_02", 2)
+    assert data.prediction.id == prediction_id and data.prediction.status == "succeeded"
+    assert data.prediction.output_url == "https://example.invalid/out.mp4"
+
+    replay = await gw.client.post(URL, data=body, headers=headers)
+    assert replay.status == 200
+    assert await replay.json() == {"status": "duplicate"}
+    published = await completed.collect(_completed_for(webhook_id), seconds=1.5)
+    assert len(published) == 1
+
+
+async def test_bad_signatures_are_401_and_publish_nothing(gw: Gateway, tap: Any) -> None:
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    _, prediction_id = await _recorded_prediction(gw)
+    body = _prediction(prediction_id)
+    good = sign(gw.secret, body, webhook_id="msg_forged")
+    cases: dict[str, dict[str, str]] = {
+        "forged": sign("whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB", body, webhook_id="msg_forged"),
+        "tampered body": good,  # sent with a different body below
+        "stale": sign(gw.secret, body, webhook_id="msg_stale", at=datetime.now(UTC) - timedelta(minutes=6)),
+        "future": sign(gw.secret, body, webhook_id="msg_future", at=datetime.now(UTC) + timedelta(minutes=6)),
+        "no headers": {"content-type": "application/json"},
+        "no signature": {k: v for k, v in good.items() if k != "webhook-signature"},
+        "no timestamp": {k: v for k, v in good.items() if k != "webhook-timestamp"},
+        "no id": {k: v for k, v in good.items() if k != "webhook-id"},
+        "garbled signature": {**good, "webhook-signature": "v1,!!!not base64"},
+        "garbled timestamp": {**good, "webhook-timestamp": "yesterday"},
+        "other id": {**good, "webhook-id": "msg_other"},
+    }
+    for name, headers in cases.items():
+        data = body.replace(b"succeeded", b"failed") if name == "tampered body" else body
+        resp = await gw.client.post(URL, data=data, headers=headers)
+        assert resp.status == 401, name
+        assert (await resp.json())["error"]["code"] == "unauthorized", name
+    published = await completed.collect(
+        lambda r: r.event.data.get("prediction", {}).get("id") == prediction_id, 1.0
+    )
+    assert published == []
+    assert (
+        await gw.pool.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE prediction_id = $1", prediction_id
+        )
+        == 0
+    )
+
+
+async def test_marker_resolves_a_prediction_not_recorded_yet(gw: Gateway, tap: Any) -> None:
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    gid = await gw.create("Fast render")
+    prediction_id = f"p_{uuid.uuid4().hex}"
+    body = _prediction(prediction_id, "failed")
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    resp = await gw.client.post(
+        f"{URL}?marker={marker(gid, 'clip_03', 1)}",
+        data=body,
+        headers=sign(gw.secret, body, webhook_id=webhook_id),
+    )
+    assert resp.status == 200 and await resp.json() == {"status": "accepted"}
+    data = ClipCompleted.model_validate((await completed.wait_for(_completed_for(webhook_id))).event.data)
+    assert (data.generation_id, data.clip_id, data.attempt) == (gid, "clip_03", 1)
+    assert data.prediction.status == "failed"
+
+
+async def test_predictions_table_wins_over_the_marker(gw: Gateway, tap: Any) -> None:
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    gid, prediction_id = await _recorded_prediction(gw, attempt=1)
+    other = await gw.create("Someone else")
+    body = _prediction(prediction_id)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    resp = await gw.client.post(
+        f"{URL}?marker={marker(other, 'clip_09', 3)}",
+        data=body,
+        headers=sign(gw.secret, body, webhook_id=webhook_id),
+    )
+    assert resp.status == 200
+    data = ClipCompleted.model_validate((await completed.wait_for(_completed_for(webhook_id))).event.data)
+    assert (data.generation_id, data.clip_id, data.attempt) == (gid, "clip_02", 1)
+
+
+async def test_unknown_prediction_is_200_and_not_remembered(gw: Gateway, tap: Any) -> None:
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    gid = await gw.create("Late record")
+    prediction_id = f"p_{uuid.uuid4().hex}"
+    body = _prediction(prediction_id)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    headers = sign(gw.secret, body, webhook_id=webhook_id)
+    for query in ("", "?marker=garbage", f"?marker={marker('gen_' + '0' * 32, 'clip_01', 1)}"):
+        resp = await gw.client.post(URL + query, data=body, headers=headers)
+        assert resp.status == 200
+        assert await resp.json() == {"status": "unknown_prediction"}
+    assert (
+        await gw.pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
+        == 0
+    )
+
+    # Once the submission is recorded, the provider's redelivery of the same webhook goes through.
+    await gw.pool.execute(
+        "INSERT INTO predictions (prediction_id, generation_id, clip_id, attempt, provider)"
+        " VALUES ($1, $2, 'clip_01', 1, 'replicate')",
+        prediction_id,
+        gid,
+    )
+    resp = await gw.client.post(URL, data=body, headers=headers)
+    assert await resp.json() == {"status": "accepted"}
+    await completed.wait_for(_completed_for(webhook_id))
+
+
+async def test_non_terminal_status_is_ignored(gw: Gateway, tap: Any) -> None:
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    _, prediction_id = await _recorded_prediction(gw)
+    for state in ("starting", "processing"):
+        body = _prediction(prediction_id, state)
+        webhook_id = f"msg_{uuid.uuid4().hex}"
+        resp = await gw.client.post(URL, data=body, headers=sign(gw.secret, body, webhook_id=webhook_id))
+        assert resp.status == 200 and await resp.json() == {"status": "ignored"}
+    assert await completed.collect(lambda r: r.event.data["prediction"]["id"] == prediction_id, 1.0) == []
+
+
+async def test_aborted_is_terminal(gw: Gateway, tap: Any) -> None:
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    _, prediction_id = await _recorded_prediction(gw)
+    body = _prediction(prediction_id, "aborted")
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    resp = await gw.client.post(URL, data=body, headers=sign(gw.secret, body, webhook_id=webhook_id))
+    assert await resp.json() == {"status": "accepted"}
+    record = await completed.wait_for(_completed_for(webhook_id))
+    assert record.event.data["prediction"]["status"] == "aborted"
+
+
+async def test_signed_but_not_a_prediction_is_422(gw: Gateway) -> None:
+    body = json.dumps({"id": "x", "status": "exploded"}).encode()
+    resp = await gw.client.post(URL, data=body, headers=sign(gw.secret, body, webhook_id="msg_bad"))
+    assert resp.status == 422
+    payload = await resp.json()
+    assert payload["error"]["code"] == "validation_error"
+    assert {d["field"] for d in payload["error"]["details"]} == {"status"}
+
+
+async def test_webhook_over_1_mib_is_413(gw: Gateway) -> None:
+    body = b'{"id": "x", "status": "succeeded", "output": "' + b"a" * (1024 * 1024) + b'"}'
+    resp = await gw.client.post(URL, data=body, headers=sign(gw.secret, body, webhook_id="msg_big"))
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "payload_too_large"
+
+
+async def test_publish_failure_is_503_and_the_retry_is_not_a_duplicate(
+    make_gateway: GatewayFactory, gw_pool: Any
+) -> None:
+    healthy = await make_gateway()
+    broken = await make_gateway(producer=FailingProducer())
+    _, prediction_id = await _recorded_prediction(healthy)
+    body = _prediction(prediction_id)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    headers = sign(broken.secret, body, webhook_id=webhook_id)
+    resp = await broken.client.post(URL, data=body, headers=headers)
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "unavailable"
+    assert (
+        await gw_pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
+        == 0
+    )
+    # The provider retries once the broker is back (here: a healthy gateway on the same database).
+    resp = await healthy.client.post(
+        URL, data=body, headers=sign(healthy.secret, body, webhook_id=webhook_id)
+    )
+    assert await resp.json() == {"status": "accepted"}
+
+
+async def test_provider_outputs_are_served_by_strict_name(gw: Gateway) -> None:
+    folder = gw.deps.settings.data_dir / "provider"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pred_abc_1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(200)))
+    (gw.deps.settings.data_dir / "secret.mp4").write_bytes(b"nope")
+    resp = await gw.client.get("/provider/outputs/pred_abc_1.mp4")
+    assert resp.status == 200
+    assert resp.content_type == "video/mp4"
+    assert (await resp.read()).startswith(b"\x00\x00\x00\x18ftyp")
+    for name in (
+        "missing.mp4",
+        "PRED.mp4",
+        "a.txt",
+        "..%2Fsecret.mp4",
+        "%2e%2e%2fsecret.mp4",
+        "x" * 70 + ".mp4",
+    ):
+        resp = await gw.client.get(f"/provider/outputs/{name}")
+        assert resp.status == 404, name
+        assert (await resp.json())["error"]["code"] == "not_found"
