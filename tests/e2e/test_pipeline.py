@@ -109,3 +109,72 @@ async def test_cancel_ends_in_canceled(stack: Stack) -> None:
         async with session.post(f"{stack.url}/api/v1/generations/{generation_id}/cancel") as resp:
             assert resp.status == 409
             assert (await resp.json())["error"]["code"] == "conflict"
+
+
+async def test_generate_command_follows_progress_and_downloads(stack: Stack, tmp_path: Path) -> None:
+    import sys
+
+    out = tmp_path / "cli.mp4"
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "reelstream"), "generate", "A paper plane glides over a city",
+        "--duration", "5", "--aspect-ratio", "1:1", "--api", stack.url, "--out", str(out),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 240)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert stdout.decode().strip() == str(out.resolve())
+    assert "completed" in stderr.decode()  # the live progress bar ends on the terminal status
+    codec, seconds, width, height = probe(out)
+    assert (codec, width, height) == ("h264", 640, 640)
+    assert seconds == pytest.approx(5, abs=0.1)
+
+
+async def test_generate_command_reports_validation_errors(stack: Stack) -> None:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "reelstream"), "generate", "x", "--duration", "500", "--api", stack.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "validation_error" in stderr.decode() and "duration_seconds" in stderr.decode()
+
+
+async def _run_with_flaky_provider(stack: Stack, fail: set[tuple[str, int]]) -> tuple[dict[str, Any], Any]:
+    from flaky_provider import FlakyProvider
+
+    from reelstream.service import webhook_secret
+
+    original = stack.deps.provider
+    flaky = FlakyProvider(original, webhook_secret(stack.settings), fail)
+    stack.deps.provider = flaky
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = {"prompt": "Waves crash on a lighthouse in a storm", "duration_seconds": 8}
+            async with session.post(f"{stack.url}/api/v1/generations", json=body) as resp:
+                generation_id = (await resp.json())["generation_id"]
+            await follow(session, stack.url, generation_id)
+            async with session.get(f"{stack.url}/api/v1/generations/{generation_id}") as resp:
+                return await resp.json(), flaky
+    finally:
+        stack.deps.provider = original
+        await flaky.close()
+
+
+async def test_failed_clip_is_resubmitted_and_the_generation_completes(stack: Stack) -> None:
+    detail, flaky = await _run_with_flaky_provider(stack, {("clip_01", 1)})
+    assert detail["status"] == "completed", detail["error"]
+    clip = next(c for c in detail["clips"] if c["clip_id"] == "clip_01")
+    assert clip["attempts"] == 2 and clip["status"] == "succeeded"
+    assert flaky.created.count(("clip_01", 1)) == 1 and flaky.created.count(("clip_01", 2)) == 1
+
+
+async def test_clip_failing_every_attempt_fails_the_generation(stack: Stack) -> None:
+    detail, flaky = await _run_with_flaky_provider(stack, {("clip_02", 1), ("clip_02", 2)})
+    assert detail["status"] == "failed"
+    assert detail["error"]["code"] == "clip_failed" and "clip_02" in detail["error"]["message"]
+    assert detail["error"]["stage"] == "completion"
+    clip = next(c for c in detail["clips"] if c["clip_id"] == "clip_02")
+    assert clip["status"] == "failed" and clip["attempts"] == 2
+    assert ("clip_02", 3) not in flaky.created, "no attempt beyond the configured two"

@@ -101,3 +101,42 @@ async def test_each_stage_and_the_gateway_as_separate_processes(
                 proc.terminate()
         codes = [await asyncio.wait_for(proc.wait(), 30) for proc in procs]
     assert codes == [0] * len(procs), f"unclean exits: {codes}"
+
+
+def test_help_lists_the_contract_commands() -> None:
+    result = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, env=clean_env(), check=True)
+    for command in ("serve", "demo", "generate", "stage", "gateway", "replay", "migrate"):
+        assert command in result.stdout, f"{command} missing from --help"
+
+
+async def test_serve_starts_prints_ready_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import json
+    import signal
+    import socket
+
+    port = free_port()
+    env = clean_env(REELSTREAM_DATA_DIR=str(tmp_path), REELSTREAM_HTTP_PORT=str(port))
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN), "serve", env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not any("ready" in line for line in lines):
+        line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
+        assert line, f"serve exited early: {lines}"
+        lines.append(line)
+    assert any("kafka bootstrap" in line for line in lines[:-1]), "bootstrap address must come before ready"
+    stack = json.loads((tmp_path / "stack.json").read_text())
+    assert set(stack) == {"kafka_bootstrap", "database_url", "gateway_url"}
+    async with aiohttp.ClientSession() as session, session.get(f"{stack['gateway_url']}/readyz") as resp:
+        assert resp.status == 200
+
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    assert not (tmp_path / "stack.json").exists()
+    host, broker_port = stack["kafka_bootstrap"].rsplit(":", 1)
+    for target in ((host, int(broker_port)), ("127.0.0.1", port)):
+        with socket.socket() as sock:
+            assert sock.connect_ex(target) != 0, f"{target} still listening after serve stopped"
+    postgres_pids = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert postgres_pids == [], "an embedded process outlived serve"
