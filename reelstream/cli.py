@@ -69,12 +69,17 @@ async def _serve(settings: Settings, *, demo_prompt: str | None = None, out: Pat
         deps = service.Deps(settings, service.build_storage(settings), service.build_provider(settings))
         stack.push_async_callback(deps.provider.close)
         gateway_ready = asyncio.Event()
-        gateway_task = asyncio.create_task(service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop))
+        gateway_task = asyncio.create_task(
+            service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop)
+        )
 
         async def on_ready() -> None:
             await gateway_ready.wait()
             embedded.write_stack_file(
-                settings.data_dir, settings.kafka_bootstrap or "", settings.database_url or "", settings.gateway_url
+                settings.data_dir,
+                settings.kafka_bootstrap or "",
+                settings.database_url or "",
+                settings.gateway_url,
             )
             print(f"ready: {settings.gateway_url}", flush=True)
             if demo_prompt is not None:
@@ -84,7 +89,13 @@ async def _serve(settings: Settings, *, demo_prompt: str | None = None, out: Pat
         stack.callback(embedded.remove_stack_file, settings.data_dir)
         try:
             await service.run_stages(
-                service.STAGE_NAMES, settings, pool=pool, producer=producer, deps=deps, stop=stop, on_ready=on_ready
+                service.STAGE_NAMES,
+                settings,
+                pool=pool,
+                producer=producer,
+                deps=deps,
+                stop=stop,
+                on_ready=on_ready,
             )
         finally:
             stop.set()
@@ -106,8 +117,16 @@ async def _demo_client(settings: Settings, prompt: str, out: Path | None, stop: 
     try:
         path = await client.generate(
             settings.gateway_url,
-            {"prompt": prompt, "duration_seconds": 10, "aspect_ratio": "16:9",
-             "brand": {"name": "Reelstream", "colors": ["#0A84FF", "#FF375F"], "tagline": "Prompt in, video out"}},
+            {
+                "prompt": prompt,
+                "duration_seconds": 10,
+                "aspect_ratio": "16:9",
+                "brand": {
+                    "name": "Reelstream",
+                    "colors": ["#0A84FF", "#FF375F"],
+                    "tagline": "Prompt in, video out",
+                },
+            },
             out=out or settings.data_dir / "demo.mp4",
         )
         print(f"final video: {path}", flush=True)
@@ -122,7 +141,8 @@ async def _demo_client(settings: Settings, prompt: str, out: Path | None, stop: 
 @app.command()
 def demo(
     prompt: Annotated[str, typer.Argument()] = (
-        "A sunrise run through a coastal city, energetic and hopeful, for a running shoe that feels like flying"
+        "A sunrise run through a coastal city, energetic and hopeful, "
+        "for a running shoe that feels like flying"
     ),
     out: Annotated[Path | None, typer.Option(help="where to write the MP4")] = None,
 ) -> None:
@@ -135,8 +155,10 @@ def demo(
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="intake, analysis, planning, prompting, clips or completion")],
-          metrics_port: Annotated[int, typer.Option(help="serve /metrics on this port (0: off)")] = 0) -> None:
+def stage(
+    name: Annotated[str, typer.Argument(help="intake, analysis, planning, prompting, clips or completion")],
+    metrics_port: Annotated[int, typer.Option(help="serve /metrics on this port (0: off)")] = 0,
+) -> None:
     """Run one stage as its own process (its own consumer group member)."""
     settings = _settings()
     try:
@@ -165,8 +187,9 @@ async def _stage(settings: Settings, name: str, metrics_port: int) -> None:
         async def on_ready() -> None:
             print(f"ready: stage {name}", flush=True)
 
-        await service.run_stages([name], settings, pool=pool, producer=producer, deps=deps, stop=stop,
-                                 on_ready=on_ready)
+        await service.run_stages(
+            [name], settings, pool=pool, producer=producer, deps=deps, stop=stop, on_ready=on_ready
+        )
 
 
 @app.command()

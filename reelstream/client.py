@@ -45,8 +45,13 @@ async def generate(api: str, body: dict[str, Any], *, out: Path | None = None, q
 
 async def _follow(session: aiohttp.ClientSession, api: str, ws_path: str, console: Console) -> dict[str, Any]:
     """Progress from the WebSocket; falls back to polling the detail if the socket drops."""
-    columns = (TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TextColumn("{task.fields[clips]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[clips]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("queued", total=100, clips="")
         status = "queued"
@@ -63,8 +68,11 @@ async def _follow(session: aiohttp.ClientSession, api: str, ws_path: str, consol
                         status, progress = data["status"], data["progress"]
                     else:
                         continue
-                    clips = f"clips {progress['clips_completed']}/{progress['clips_total']}" if progress[
-                        "clips_total"] else ""
+                    clips = (
+                        f"clips {progress['clips_completed']}/{progress['clips_total']}"
+                        if progress["clips_total"]
+                        else ""
+                    )
                     bar.update(task, description=status, completed=progress["percent"], clips=clips)
                     if status in TERMINAL:
                         break

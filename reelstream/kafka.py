@@ -23,7 +23,9 @@ def all_topics() -> list[str]:
     return [*topics.ALL, *(topics.dlq(t) for t in topics.ALL)]
 
 
-async def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = DEFAULT_PARTITIONS) -> None:
+async def ensure_topics(
+    bootstrap: str, names: Iterable[str], *, partitions: int = DEFAULT_PARTITIONS
+) -> None:
     """Create the topics that do not exist yet; safe to call from every process at every start."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

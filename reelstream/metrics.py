@@ -10,10 +10,10 @@ HANDLER_SECONDS = Histogram(
 )
 RETRIES = Counter("reelstream_transient_retries_total", "Transient failures retried", ["stage"])
 DEAD_LETTERED = Counter("reelstream_dead_lettered_total", "Messages sent to a DLQ", ["stage", "topic"])
-HTTP_REQUESTS = Counter(
-    "reelstream_http_requests_total", "Gateway requests", ["method", "route", "status"]
-)
+HTTP_REQUESTS = Counter("reelstream_http_requests_total", "Gateway requests", ["method", "route", "status"])
 WEBSOCKETS = Gauge("reelstream_websocket_connections", "Open WebSocket connections")
 WEBHOOKS = Counter("reelstream_webhooks_total", "Provider webhooks received", ["outcome"])
 GENERATIONS = Counter("reelstream_generations_total", "Generations that ended", ["status"])
-CLIPS_RENDERED = Counter("reelstream_clips_rendered_total", "Clips rendered by the local provider", ["outcome"])
+CLIPS_RENDERED = Counter(
+    "reelstream_clips_rendered_total", "Clips rendered by the local provider", ["outcome"]
+)

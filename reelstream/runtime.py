@@ -133,7 +133,9 @@ class _InFlight:
 
 
 class StageRunner:
-    def __init__(self, stage: Stage, pool: asyncpg.Pool, producer: Producer, config: RuntimeConfig, deps: Any = None):
+    def __init__(
+        self, stage: Stage, pool: asyncpg.Pool, producer: Producer, config: RuntimeConfig, deps: Any = None
+    ):
         self.stage = stage
         self.pool = pool
         self.producer = producer
@@ -243,7 +245,9 @@ class StageRunner:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # The work is recorded in Postgres; a redelivery will only re-emit. Nothing is lost.
-            log.warning("stage %s: offset commit failed (%s); events will be redelivered", self.stage.name, exc)
+            log.warning(
+                "stage %s: offset commit failed (%s); events will be redelivered", self.stage.name, exc
+            )
 
     async def _drain(self, partitions: list[TopicPartition]) -> None:
         """Give in-flight work on ``partitions`` a grace period, then abandon the rest."""
@@ -298,7 +302,12 @@ class StageRunner:
                 delay = self._backoff(failures)
                 log.warning(
                     "stage %s: transient failure on %s (generation %s), retry %d in %.1fs: %r",
-                    self.stage.name, event.id, event.subject, failures, delay, exc,
+                    self.stage.name,
+                    event.id,
+                    event.subject,
+                    failures,
+                    delay,
+                    exc,
                 )
                 metrics.RETRIES.labels(self.stage.name).inc()
                 await self._sleep_unless_stopping(delay)
@@ -312,7 +321,8 @@ class StageRunner:
                 await self._sleep_unless_stopping(self._backoff(permanent))
 
     def _backoff(self, failures: int) -> float:
-        return min(self.config.max_backoff, 0.2 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
+        base: float = min(self.config.max_backoff, 0.2 * 2.0 ** (failures - 1))
+        return base * random.uniform(0.8, 1.2)
 
     async def _sleep_unless_stopping(self, delay: float) -> None:
         if self._stopping.is_set():
@@ -323,7 +333,9 @@ class StageRunner:
             return
         raise _Stopping
 
-    async def _handle_once(self, event: CloudEvent, data: BaseModel) -> tuple[list[tuple[str, CloudEvent]], bool]:
+    async def _handle_once(
+        self, event: CloudEvent, data: BaseModel
+    ) -> tuple[list[tuple[str, CloudEvent]], bool]:
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await conn.fetchval(
                 "INSERT INTO processed_events (consumer, event_id, emitted) VALUES ($1, $2, '[]'::jsonb)"
@@ -361,7 +373,12 @@ class StageRunner:
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> None:
         log.error(
-            "stage %s: %s[%d]@%d to DLQ: %s", self.stage.name, record.topic, record.partition, record.offset, exc
+            "stage %s: %s[%d]@%d to DLQ: %s",
+            self.stage.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            exc,
         )
         headers = [
             ("error", f"{type(exc).__name__}: {exc}"[:4000].encode()),

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+
 import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -118,7 +119,11 @@ async def run_stages(
 
 async def _await_ready(runners: list[StageRunner], tasks: list[asyncio.Task[None]]) -> None:
     """Wait until every runner has its partitions, or fail fast if one of them died starting."""
-    all_ready = asyncio.ensure_future(asyncio.gather(*(r.ready.wait() for r in runners)))
+
+    async def _all_ready() -> None:
+        await asyncio.gather(*(r.ready.wait() for r in runners))
+
+    all_ready: asyncio.Task[None] = asyncio.create_task(_all_ready())
     try:
         await asyncio.wait([all_ready, *tasks], timeout=120, return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:

@@ -18,7 +18,6 @@ from schemas.events import GenerationFailed, GenerationStatusChanged
 _PERCENT = {"queued": 0, "analyzing": 5, "planning": 15, "prompting": 20, "generating": 25, "assembling": 90}
 
 
-
 _WRITABLE = frozenset({"analysis", "scenes", "video", "error", "compute_seconds"})
 
 
@@ -34,7 +33,7 @@ async def progress(conn: asyncpg.Connection, generation_id: str, status: str | N
         generation_id,
     )
     if row is None:
-        return Progress(stage=status or "queued", percent=0)  # type: ignore[arg-type]
+        return Progress.model_validate({"stage": status or "queued", "percent": 0})
     stage = status or row["status"]
     total, done, failed = row["total"], row["done"], row["failed"]
     if stage == "completed":
@@ -45,7 +44,9 @@ async def progress(conn: asyncpg.Connection, generation_id: str, status: str | N
         percent = 0
     else:
         percent = _PERCENT.get(stage, 0)
-    return Progress(stage=stage, percent=percent, clips_total=total, clips_completed=done, clips_failed=failed)
+    return Progress(
+        stage=stage, percent=percent, clips_total=total, clips_completed=done, clips_failed=failed
+    )
 
 
 async def current(conn: asyncpg.Connection, generation_id: str) -> str | None:
@@ -108,7 +109,7 @@ async def announce_progress(ctx: Context[Any]) -> None:
         topics.GENERATION_STATUS,
         GenerationStatusChanged(
             generation_id=ctx.generation_id,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             progress=await progress(ctx.conn, ctx.generation_id),
             at=now(),
         ),

@@ -3,6 +3,7 @@
 Keys follow the contract's layout and are built only from validated ids, never from user text.
 """
 
+import asyncio
 import os
 import re
 import shutil
@@ -59,10 +60,14 @@ class LocalStorage:
         return self.local_path(key).is_file()
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        dest = self.local_path(key)
+        await asyncio.to_thread(self._copy_in, path, self.local_path(key))
+
+    @staticmethod
+    def _copy_in(path: Path, dest: Path) -> None:
+        """Copy to a temporary name, then rename: readers never see a half-written file."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
         if path.resolve() != dest.resolve():
+            tmp = dest.with_name(dest.name + ".part")
             shutil.copyfile(path, tmp)
             os.replace(tmp, dest)
 
@@ -70,7 +75,7 @@ class LocalStorage:
         src = self.local_path(key)
         if not src.is_file():
             raise StorageError(f"{key} not found")
-        shutil.copyfile(src, dest)
+        await asyncio.to_thread(shutil.copyfile, src, dest)
 
     async def upload_from_url(self, key: str, url: str, *, content_type: str = "video/mp4") -> int:
         """Stream ``url`` into storage in chunks, never holding the file in memory; returns its size."""

@@ -16,7 +16,15 @@ from pydantic import (
 
 AspectRatio = Literal["16:9", "9:16", "1:1"]
 GenerationStatus = Literal[
-    "queued", "analyzing", "planning", "prompting", "generating", "assembling", "completed", "failed", "canceled"
+    "queued",
+    "analyzing",
+    "planning",
+    "prompting",
+    "generating",
+    "assembling",
+    "completed",
+    "failed",
+    "canceled",
 ]
 ClipStatus = Literal["pending", "submitted", "processing", "succeeded", "failed", "canceled"]
 SceneKind = Literal["intro", "development", "cta"]
@@ -93,14 +101,18 @@ class Options(Input):
     negative_prompt: LongText | None = None
     seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = None
     include_cta: StrictBool = True
-    cta_text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)] | None = None
+    cta_text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)] | None = (
+        None
+    )
 
 
 class GenerationRequest(Input):
     """The body of ``POST /api/v1/generations`` and ``POST /api/v1/estimates``."""
 
     prompt: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), AfterValidator(_no_control_chars)
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=2000),
+        AfterValidator(_no_control_chars),
     ]
     duration_seconds: Annotated[StrictInt, Field(ge=5, le=120)] = 15
     aspect_ratio: AspectRatio = "16:9"

@@ -106,15 +106,16 @@ class LocalVideoProvider:
         """POST the webhook like Replicate: retried with backoff for about a minute."""
         body = json.dumps(_replicate_body(prediction)).encode()
         delay = 0.25
-        # One id per message, kept across retries, as Standard Webhooks prescribes: the receiver dedupes on it.
+        # One id per message, kept across retries (Standard Webhooks): the receiver dedupes on it.
         webhook_id = f"msg_{prediction.id}_{prediction.status}"
         for attempt in range(1, _WEBHOOK_ATTEMPTS + 1):
             headers = sign(self.secret, body, webhook_id=webhook_id)
             try:
                 timeout = aiohttp.ClientTimeout(total=15)
-                async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-                    url, data=body, headers=headers
-                ) as resp:
+                async with (
+                    aiohttp.ClientSession(timeout=timeout) as session,
+                    session.post(url, data=body, headers=headers) as resp,
+                ):
                     if resp.status < 300:
                         return
                     log.warning("webhook %s answered %d (attempt %d)", url, resp.status, attempt)

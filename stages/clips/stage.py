@@ -41,7 +41,9 @@ async def _settle(ctx: Context[Any], done: ClipCompleted) -> bool:
     if done.attempt > clip["attempts"]:
         raise TransientError(f"{done.clip_id} attempt {done.attempt} is not recorded yet")
     await ctx.conn.execute(
-        "UPDATE clips SET settled = true WHERE generation_id = $1 AND clip_id = $2", ctx.generation_id, done.clip_id
+        "UPDATE clips SET settled = true WHERE generation_id = $1 AND clip_id = $2",
+        ctx.generation_id,
+        done.clip_id,
     )
     if done.prediction.status != "succeeded" and done.attempt < ctx.deps.settings.clip_attempts:
         await _submit(ctx, clip, done.attempt + 1)
@@ -97,7 +99,10 @@ async def _submit(ctx: Context[Any], clip: asyncpg.Record, attempt: int) -> None
     ctx.emit(
         topics.CLIP_SUBMITTED,
         ClipSubmitted(
-            generation_id=ctx.generation_id, clip_id=spec.clip_id, prediction_id=prediction_id, attempt=attempt
+            generation_id=ctx.generation_id,
+            clip_id=spec.clip_id,
+            prediction_id=prediction_id,
+            attempt=attempt,
         ),
     )
 

@@ -69,8 +69,15 @@ async def _store_clip(ctx: Context[Any], clip_id: str, url: str, prediction_metr
         key,
         float(predict_time) if isinstance(predict_time, int | float) else None,
     )
-    log.info("%s %s stored: %s %.2fs %dx%d", ctx.generation_id, clip_id, info.codec, info.duration_seconds,
-             info.width, info.height)
+    log.info(
+        "%s %s stored: %s %.2fs %dx%d",
+        ctx.generation_id,
+        clip_id,
+        info.codec,
+        info.duration_seconds,
+        info.width,
+        info.height,
+    )
 
 
 async def _clip_failed(ctx: Context[Any], clip_id: str, reason: str, *, final: bool) -> None:
@@ -106,7 +113,7 @@ async def _cancel_outstanding(ctx: Context[Any]) -> None:
 
 
 async def _all_succeeded(conn: asyncpg.Connection, generation_id: str) -> bool:
-    remaining = await conn.fetchval(
+    remaining: int = await conn.fetchval(
         "SELECT count(*) FROM clips WHERE generation_id = $1 AND status <> 'succeeded'", generation_id
     )
     return remaining == 0
@@ -146,9 +153,13 @@ async def _assemble(ctx: Context[Any]) -> None:
     )
     compute = sum(r["predict_time"] or 0.0 for r in clips)
     if await status.advance(ctx, "completed", video=video.model_dump(mode="json"), compute_seconds=compute):
-        ctx.emit(topics.GENERATION_COMPLETED, GenerationCompleted(generation_id=ctx.generation_id, video=video))
+        ctx.emit(
+            topics.GENERATION_COMPLETED, GenerationCompleted(generation_id=ctx.generation_id, video=video)
+        )
         metrics.GENERATIONS.labels("completed").inc()
-        log.info("%s completed: %.2fs %dx%d", ctx.generation_id, info.duration_seconds, info.width, info.height)
+        log.info(
+            "%s completed: %.2fs %dx%d", ctx.generation_id, info.duration_seconds, info.width, info.height
+        )
 
 
 stage = Stage(name="completion", topics=[topics.CLIP_COMPLETED], handler=handle)

@@ -40,15 +40,24 @@ async def stack(
     deps = service.Deps(settings, service.build_storage(settings), service.build_provider(settings))
     stop = asyncio.Event()
     gateway_ready = asyncio.Event()
-    gateway = asyncio.create_task(service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop))
+    gateway = asyncio.create_task(
+        service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop)
+    )
     stages_ready = asyncio.Event()
 
     async def on_ready() -> None:
         stages_ready.set()
 
     stages = asyncio.create_task(
-        service.run_stages(service.STAGE_NAMES, settings, pool=pool, producer=producer, deps=deps, stop=stop,
-                           on_ready=on_ready)
+        service.run_stages(
+            service.STAGE_NAMES,
+            settings,
+            pool=pool,
+            producer=producer,
+            deps=deps,
+            stop=stop,
+            on_ready=on_ready,
+        )
     )
     await asyncio.wait_for(asyncio.gather(gateway_ready.wait(), stages_ready.wait()), 90)
     yield Stack(settings, settings.gateway_url, deps)

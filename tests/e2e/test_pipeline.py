@@ -16,7 +16,9 @@ from .conftest import Stack
 pytestmark = pytest.mark.slow
 
 
-async def follow(session: aiohttp.ClientSession, url: str, generation_id: str, timeout: float = 240) -> list[dict[str, Any]]:
+async def follow(
+    session: aiohttp.ClientSession, url: str, generation_id: str, timeout: float = 240
+) -> list[dict[str, Any]]:
     """Every WebSocket message until a terminal status."""
     messages: list[dict[str, Any]] = []
     async with session.ws_connect(f"{url}/ws/generations/{generation_id}") as ws:
@@ -38,9 +40,7 @@ def probe(path: Path) -> tuple[str, float, int, int]:
         return stream.codec_context.name, container.duration / 1_000_000, stream.width, stream.height
 
 
-@pytest.mark.parametrize(
-    ("aspect_ratio", "duration"), [("16:9", 15), ("9:16", 7), ("1:1", 12)]
-)
+@pytest.mark.parametrize(("aspect_ratio", "duration"), [("16:9", 15), ("9:16", 7), ("1:1", 12)])
 async def test_generation_completes_with_a_valid_video(
     stack: Stack, aspect_ratio: str, duration: int, tmp_path: Path
 ) -> None:
@@ -48,8 +48,12 @@ async def test_generation_completes_with_a_valid_video(
         "prompt": "A barista pours latte art at dawn; cosy, warm, inviting. Fresh beans, steam, smiles.",
         "duration_seconds": duration,
         "aspect_ratio": aspect_ratio,
-        "brand": {"name": "Bean There", "colors": ["#6F4E37", "#F5DEB3"], "tagline": "Coffee worth the trip",
-                  "guidelines": {"dont": ["cheap"], "required_disclaimer": "Offer valid in participating stores."}},
+        "brand": {
+            "name": "Bean There",
+            "colors": ["#6F4E37", "#F5DEB3"],
+            "tagline": "Coffee worth the trip",
+            "guidelines": {"dont": ["cheap"], "required_disclaimer": "Offer valid in participating stores."},
+        },
         "options": {"cta_text": "Order ahead today"},
     }
     async with aiohttp.ClientSession() as session:
@@ -87,12 +91,17 @@ async def test_generation_completes_with_a_valid_video(
     # The contract's storage layout, under the local data dir.
     root = stack.settings.data_dir / "storage" / "generations" / generation_id
     assert (root / "final.mp4").is_file() and (root / "thumbnail.jpg").is_file()
-    assert sorted(p.name for p in (root / "clips").iterdir()) == sorted(f"{c['clip_id']}.mp4" for c in detail["clips"])
+    assert sorted(p.name for p in (root / "clips").iterdir()) == sorted(
+        f"{c['clip_id']}.mp4" for c in detail["clips"]
+    )
 
 
 async def test_cancel_ends_in_canceled(stack: Stack) -> None:
-    body = {"prompt": "A slow pan across a mountain lake at dusk", "duration_seconds": 60,
-            "options": {"parallel_clips": False}}
+    body = {
+        "prompt": "A slow pan across a mountain lake at dusk",
+        "duration_seconds": 60,
+        "options": {"parallel_clips": False},
+    }
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.url}/api/v1/generations", json=body) as resp:
             generation_id = (await resp.json())["generation_id"]
@@ -116,9 +125,19 @@ async def test_generate_command_follows_progress_and_downloads(stack: Stack, tmp
 
     out = tmp_path / "cli.mp4"
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "reelstream"), "generate", "A paper plane glides over a city",
-        "--duration", "5", "--aspect-ratio", "1:1", "--api", stack.url, "--out", str(out),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(Path(sys.executable).parent / "reelstream"),
+        "generate",
+        "A paper plane glides over a city",
+        "--duration",
+        "5",
+        "--aspect-ratio",
+        "1:1",
+        "--api",
+        stack.url,
+        "--out",
+        str(out),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 240)
     assert proc.returncode == 0, stderr.decode()[-2000:]
@@ -133,8 +152,15 @@ async def test_generate_command_reports_validation_errors(stack: Stack) -> None:
     import sys
 
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "reelstream"), "generate", "x", "--duration", "500", "--api", stack.url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(Path(sys.executable).parent / "reelstream"),
+        "generate",
+        "x",
+        "--duration",
+        "500",
+        "--api",
+        stack.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1

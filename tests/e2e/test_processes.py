@@ -35,8 +35,14 @@ async def test_demo_makes_a_video_and_exits_zero(tmp_path: Path) -> None:
     out = tmp_path / "demo.mp4"
     env = clean_env(REELSTREAM_DATA_DIR=str(tmp_path / "data"), REELSTREAM_HTTP_PORT=str(free_port()))
     proc = await asyncio.create_subprocess_exec(
-        str(BIN), "demo", "--out", str(out), env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(BIN),
+        "demo",
+        "--out",
+        str(out),
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 300)
     assert proc.returncode == 0, stderr.decode()[-3000:]
@@ -61,10 +67,17 @@ async def test_each_stage_and_the_gateway_as_separate_processes(
         REELSTREAM_KAFKA_SESSION_TIMEOUT_MS="2000",
         REELSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS="500",
     )
-    commands = [["gateway"]] + [["stage", n] for n in ("intake", "analysis", "planning", "prompting", "clips", "completion")]
+    commands = [["gateway"]] + [
+        ["stage", n] for n in ("intake", "analysis", "planning", "prompting", "clips", "completion")
+    ]
     procs = [
         await asyncio.create_subprocess_exec(
-            str(BIN), *cmd, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            str(BIN),
+            *cmd,
+            env=env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         for cmd in commands
     ]
@@ -75,8 +88,11 @@ async def test_each_stage_and_the_gateway_as_separate_processes(
             assert b"ready" in line, f"{cmd}: {line!r}"
         api = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
-            body = {"prompt": "Neon city skyline at night, fast cuts, electric mood", "duration_seconds": 6,
-                    "aspect_ratio": "9:16"}
+            body = {
+                "prompt": "Neon city skyline at night, fast cuts, electric mood",
+                "duration_seconds": 6,
+                "aspect_ratio": "9:16",
+            }
             async with session.post(f"{api}/api/v1/generations", json=body) as resp:
                 assert resp.status == 202
                 generation_id = (await resp.json())["generation_id"]
@@ -117,7 +133,12 @@ async def test_serve_starts_prints_ready_and_stops_cleanly_on_sigterm(tmp_path: 
     port = free_port()
     env = clean_env(REELSTREAM_DATA_DIR=str(tmp_path), REELSTREAM_HTTP_PORT=str(port))
     proc = await asyncio.create_subprocess_exec(
-        str(BIN), "serve", env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        str(BIN),
+        "serve",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     lines: list[str] = []
@@ -138,5 +159,7 @@ async def test_serve_starts_prints_ready_and_stops_cleanly_on_sigterm(tmp_path: 
     for target in ((host, int(broker_port)), ("127.0.0.1", port)):
         with socket.socket() as sock:
             assert sock.connect_ex(target) != 0, f"{target} still listening after serve stopped"
-    postgres_pids = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    postgres_pids = subprocess.run(
+        ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True
+    ).stdout.split()
     assert postgres_pids == [], "an embedded process outlived serve"

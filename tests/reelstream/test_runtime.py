@@ -42,7 +42,9 @@ async def topics(kafka_bootstrap: str) -> tuple[str, str, str]:
     return names
 
 
-async def produce_items(bootstrap: str, topic: str, count: int, *, keys: int = 50, start: int = 0) -> list[str]:
+async def produce_items(
+    bootstrap: str, topic: str, count: int, *, keys: int = 50, start: int = 0
+) -> list[str]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     ids = []
@@ -60,7 +62,9 @@ async def produce_items(bootstrap: str, topic: str, count: int, *, keys: int = 5
 
 
 class StageProcess:
-    def __init__(self, bootstrap: str, url: str, in_topic: str, out_topic: str, group: str, delay: float = 0.0):
+    def __init__(
+        self, bootstrap: str, url: str, in_topic: str, out_topic: str, group: str, delay: float = 0.0
+    ):
         self.args = [sys.executable, str(SCRIPT), bootstrap, url, in_topic, out_topic, group, str(delay)]
         self.proc: subprocess.Popen[str] | None = None
 
@@ -96,8 +100,12 @@ async def wait_for_effects(pool: asyncpg.Pool, group: str, at_least: int, timeou
     raise AssertionError(f"{group}: fewer than {at_least} events handled after {timeout}s")
 
 
-async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+async def read_topic(
+    bootstrap: str, topic: str, expect: int, timeout: float = 30
+) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
     await consumer.start()
     out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
     try:
@@ -157,7 +165,9 @@ async def test_thousand_events_each_handled_and_emitted_once_across_sigkill(
     producer = Producer(kafka_bootstrap)
     await producer.start()
     runner = StageRunner(
-        make_stage(downstream, out_topic, None, 0.0), pg, producer,
+        make_stage(downstream, out_topic, None, 0.0),
+        pg,
+        producer,
         RuntimeConfig(bootstrap=kafka_bootstrap, session_timeout_ms=2000, heartbeat_interval_ms=500),
     )
     task = asyncio.create_task(runner.run())
@@ -266,8 +276,12 @@ async def test_postgres_outage_is_retried_without_commits_and_loses_nothing(
     producer = Producer(kafka_bootstrap)
     await producer.start()
     runner = StageRunner(
-        make_stage(group, in_topic, out_topic, 0.0), pool, producer,
-        RuntimeConfig(bootstrap=kafka_bootstrap, session_timeout_ms=2000, heartbeat_interval_ms=500, max_backoff=1.0),
+        make_stage(group, in_topic, out_topic, 0.0),
+        pool,
+        producer,
+        RuntimeConfig(
+            bootstrap=kafka_bootstrap, session_timeout_ms=2000, heartbeat_interval_ms=500, max_backoff=1.0
+        ),
     )
     task = asyncio.create_task(runner.run())
     try:
@@ -282,7 +296,9 @@ async def test_postgres_outage_is_retried_without_commits_and_loses_nothing(
         await produce_items(kafka_bootstrap, in_topic, 100, keys=7, start=50)
         await asyncio.sleep(10)  # ten seconds without a database
         assert len(await effects(pg, group)) == 50, "nothing can have been handled while Postgres was away"
-        assert await committed(kafka_bootstrap, group, in_topic) == committed_before, "committed during outage"
+        assert await committed(kafka_bootstrap, group, in_topic) == committed_before, (
+            "committed during outage"
+        )
         assert not task.done(), "the stage must survive the outage"
 
         await proxy.start()  # Postgres is back (same port)

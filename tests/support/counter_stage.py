@@ -35,7 +35,10 @@ def make_stage(group: str, in_topic: str, out_topic: str | None, delay: float) -
         await ctx.conn.execute(
             "INSERT INTO counter_effects (grp, event_id, key, n) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT (grp, event_id) DO UPDATE SET count = counter_effects.count + 1",
-            group, ctx.event.id, ctx.generation_id, ctx.data.n,
+            group,
+            ctx.event.id,
+            ctx.generation_id,
+            ctx.data.n,
         )
         if out_topic:
             ctx.emit(out_topic, Item(generation_id=ctx.generation_id, n=ctx.data.n))
@@ -50,7 +53,9 @@ async def main() -> None:
     await pool.execute(SCHEMA)
     producer = Producer(bootstrap)
     await producer.start()
-    config = RuntimeConfig(bootstrap=bootstrap, concurrency=8, session_timeout_ms=2000, heartbeat_interval_ms=500)
+    config = RuntimeConfig(
+        bootstrap=bootstrap, concurrency=8, session_timeout_ms=2000, heartbeat_interval_ms=500
+    )
     runner = StageRunner(make_stage(group, in_topic, out_topic or None, delay), pool, producer, config)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, runner.stop)
@@ -62,7 +67,9 @@ async def main() -> None:
     await pool.close()
     outcomes = {
         s.labels["outcome"]: s.value
-        for m in metrics.EVENTS_HANDLED.collect() for s in m.samples if s.name.endswith("_total")
+        for m in metrics.EVENTS_HANDLED.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
     }
     print(json.dumps(outcomes), flush=True)
 

@@ -36,8 +36,14 @@ class FlakyProvider:
 
     async def _deliver_failure(self, url: str, prediction_id: str) -> None:
         await asyncio.sleep(0.2)
-        body = json.dumps({"id": prediction_id, "status": "failed", "output": None,
-                           "error": "CUDA out of memory (simulated)"}).encode()
+        body = json.dumps(
+            {
+                "id": prediction_id,
+                "status": "failed",
+                "output": None,
+                "error": "CUDA out of memory (simulated)",
+            }
+        ).encode()
         headers = sign(self.secret, body, webhook_id=f"msg_{prediction_id}")
         async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as resp:
             assert resp.status < 300, await resp.text()
