@@ -1,13 +1,10 @@
 """``POST /api/v1/estimates``: the plan and the price of a request, without generating anything.
 
-The gateway must not import ``stages`` (it is deployed on its own), so the planner's arithmetic is
-repeated here: scenes at 20/50/30 % (30/70 without a call to action) in whole seconds by largest
-remainder, each cut into the fewest equal clips of at most ``clip_seconds``, counted in milliseconds.
-It must stay identical to ``stages.planning.plan.plan_scenes``; a test compares the two.
+The gateway must not import ``stages``; it shares the planner's arithmetic through
+:mod:`reelstream.timeline`, so an estimate plans exactly the clips a real run would.
 """
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -16,14 +13,12 @@ from gateway.body import json_body
 from gateway.deps import get_deps
 from gateway.errors import json_response
 from reelstream.settings import Settings
+from reelstream.timeline import MS, WEIGHTS_WITH_CTA, WEIGHTS_WITHOUT_CTA, allocate_seconds, split_ms
 from schemas.api import Estimate, EstimateClip, GenerationRequest, Scene, SceneKind
 
 routes = web.RouteTableDef()
 
-WEIGHTS_WITH_CTA: tuple[tuple[SceneKind, float], ...] = (("intro", 0.2), ("development", 0.5), ("cta", 0.3))
-WEIGHTS_WITHOUT_CTA: tuple[tuple[SceneKind, float], ...] = (("intro", 0.3), ("development", 0.7))
 LOCAL_MODEL = "local"
-_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -48,33 +43,10 @@ _DESCRIPTIONS: dict[SceneKind, str] = {
 }
 
 
-def allocate_seconds(total: int, weights: Sequence[float]) -> list[int]:
-    """Split ``total`` whole seconds by ``weights`` (largest remainder, ties to the earlier share, ≥ 1 s)."""
-    if total < len(weights):
-        raise ValueError(f"{total} s cannot hold {len(weights)} scenes of at least 1 s")
-    scale = sum(weights)
-    quotas = [total * w / scale for w in weights]
-    shares = [math.floor(q) for q in quotas]
-    by_remainder = sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - shares[i]), i))
-    for i in by_remainder[: total - sum(shares)]:
-        shares[i] += 1
-    while min(shares) < 1:
-        shares[shares.index(max(shares))] -= 1
-        shares[shares.index(min(shares))] += 1
-    return shares
-
-
-def split_ms(total_ms: int, max_ms: int) -> list[int]:
-    """The fewest pieces of at most ``max_ms``, as equal as possible, leftover ms to the first pieces."""
-    count = max(1, math.ceil(total_ms / max_ms))
-    base, extra = divmod(total_ms, count)
-    return [base + 1 if i < extra else base for i in range(count)]
-
-
 def plan(request: GenerationRequest, *, clip_seconds: float) -> tuple[list[Scene], list[EstimateClip]]:
     weights = WEIGHTS_WITH_CTA if request.options.include_cta else WEIGHTS_WITHOUT_CTA
     durations = allocate_seconds(request.duration_seconds, [w for _, w in weights])
-    max_ms = max(1, math.floor(clip_seconds * _MS + 1e-6))
+    max_ms = max(1, math.floor(clip_seconds * MS + 1e-6))
     scenes: list[Scene] = []
     clips: list[EstimateClip] = []
     start = 0
@@ -87,14 +59,14 @@ def plan(request: GenerationRequest, *, clip_seconds: float) -> tuple[list[Scene
             description=_DESCRIPTIONS[kind],
         )
         scenes.append(scene)
-        for piece_ms in split_ms(seconds * _MS, max_ms):
+        for piece_ms in split_ms(seconds * MS, max_ms):
             index = len(clips)
             clips.append(
                 EstimateClip(
                     clip_id=f"clip_{index + 1:02d}",
                     scene_id=scene.scene_id,
                     index=index,
-                    duration_seconds=piece_ms / _MS,
+                    duration_seconds=piece_ms / MS,
                 )
             )
         start += seconds
