@@ -4,14 +4,14 @@ from reelstream import status
 from reelstream.runtime import Context, Stage
 from schemas import topics
 from schemas.events import GenerationAccepted, GenerationAnalyzed
-from stages.analysis.offline import analyze_offline
+from stages.analysis.llm import analyze
 
 
 async def handle(ctx: Context[GenerationAccepted]) -> None:
     if not await status.advance(ctx, "analyzing"):
         return
     request = ctx.data.request
-    analysis = analyze_offline(request)
+    analysis = await analyze(request, ctx.deps.settings, ctx.conn)
     await ctx.conn.execute(
         "UPDATE generations SET analysis = $2, updated_at = now() WHERE id = $1",
         ctx.generation_id,
