@@ -167,7 +167,9 @@ async def test_generate_command_reports_validation_errors(stack: Stack) -> None:
     assert "validation_error" in stderr.decode() and "duration_seconds" in stderr.decode()
 
 
-async def _run_with_flaky_provider(stack: Stack, fail: set[tuple[str, int]]) -> tuple[dict[str, Any], Any]:
+async def _run_with_flaky_provider(
+    stack: Stack, fail: set[tuple[str, int]], *, parallel: bool = True, duration: int = 8
+) -> tuple[dict[str, Any], Any]:
     from flaky_provider import FlakyProvider
 
     from reelstream.service import webhook_secret
@@ -177,7 +179,11 @@ async def _run_with_flaky_provider(stack: Stack, fail: set[tuple[str, int]]) -> 
     stack.deps.provider = flaky
     try:
         async with aiohttp.ClientSession() as session:
-            body = {"prompt": "Waves crash on a lighthouse in a storm", "duration_seconds": 8}
+            body = {
+                "prompt": "Waves crash on a lighthouse in a storm",
+                "duration_seconds": duration,
+                "options": {"parallel_clips": parallel},
+            }
             async with session.post(f"{stack.url}/api/v1/generations", json=body) as resp:
                 generation_id = (await resp.json())["generation_id"]
             await follow(session, stack.url, generation_id)
@@ -204,3 +210,16 @@ async def test_clip_failing_every_attempt_fails_the_generation(stack: Stack) -> 
     clip = next(c for c in detail["clips"] if c["clip_id"] == "clip_02")
     assert clip["status"] == "failed" and clip["attempts"] == 2
     assert ("clip_02", 3) not in flaky.created, "no attempt beyond the configured two"
+
+
+async def test_sequential_clips_are_submitted_one_after_another(stack: Stack) -> None:
+    detail, flaky = await _run_with_flaky_provider(stack, set(), parallel=False, duration=12)
+    assert detail["status"] == "completed"
+    assert [c for c, _ in flaky.created] == [c["clip_id"] for c in detail["clips"]]
+    assert len(flaky.created) >= 3 and max(flaky.running_at_create) == 0
+
+
+async def test_parallel_clips_are_submitted_together(stack: Stack) -> None:
+    detail, flaky = await _run_with_flaky_provider(stack, set(), parallel=True, duration=12)
+    assert detail["status"] == "completed"
+    assert max(flaky.running_at_create) >= 2, flaky.running_at_create
