@@ -13,6 +13,7 @@ import asyncpg
 import typer
 
 from reelstream import client, db, embedded, kafka, service
+from reelstream.s3 import S3Storage
 from reelstream.settings import Settings
 
 app = typer.Typer(
@@ -53,6 +54,8 @@ async def _infrastructure(
         stack.push_async_callback(producer.stop)
         deps = service.Deps(settings, service.build_storage(settings), service.build_provider(settings))
         stack.push_async_callback(deps.provider.close)
+        if isinstance(deps.storage, S3Storage):
+            stack.push_async_callback(deps.storage.close)
         yield pool, producer, deps
 
 

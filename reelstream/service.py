@@ -48,7 +48,24 @@ def load_stage(name: str) -> Stage:
 
 
 def build_storage(settings: Settings) -> Storage:
-    return LocalStorage(settings.data_dir / "storage", max_bytes=settings.max_download_bytes)
+    """S3 when a bucket is configured, else a folder under the data dir.
+
+    Private/loopback URLs are fetched only when allowed by the setting or when the local provider is in
+    use (no Replicate token): its outputs are served from 127.0.0.1.
+    """
+    allow_private = settings.storage_allow_private_urls or settings.replicate_api_token is None
+    if settings.s3_bucket:
+        from reelstream.s3 import S3Storage
+
+        return S3Storage(
+            settings.s3_bucket,
+            settings.s3_endpoint_url,
+            max_bytes=settings.max_download_bytes,
+            allow_private=allow_private,
+        )
+    return LocalStorage(
+        settings.data_dir / "storage", max_bytes=settings.max_download_bytes, allow_private=allow_private
+    )
 
 
 def webhook_secret(settings: Settings) -> str:

@@ -4,14 +4,21 @@ Keys follow the contract's layout and are built only from validated ids, never f
 """
 
 import asyncio
+import ipaddress
 import os
 import re
 import shutil
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 _KEY_RE = re.compile(r"^generations/gen_[0-9a-f]{32}/(clips/clip_[0-9]{2,3}\.mp4|final\.mp4|thumbnail\.jpg)$")
 
@@ -52,6 +59,8 @@ class LocalStorage:
 
     root: Path
     max_bytes: int = 512 * 1024 * 1024
+    #: Fetch from private/loopback/link-local hosts too (the local provider serves from 127.0.0.1).
+    allow_private: bool = False
 
     def local_path(self, key: str) -> Path:
         return self.root / _checked(key)
@@ -82,20 +91,85 @@ class LocalStorage:
         dest = self.local_path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
-        size = await download(url, tmp, max_bytes=self.max_bytes)
+        size = await download(url, tmp, max_bytes=self.max_bytes, allow_private=self.allow_private)
         os.replace(tmp, dest)
         return size
 
 
-async def download(url: str, dest: Path, *, max_bytes: int) -> int:
-    """Stream an http(s) URL to ``dest`` in chunks, with a size cap."""
-    if not url.startswith(("http://", "https://")):
+#: Redirects followed by :func:`open_url`; each hop is checked like the first URL.
+MAX_REDIRECTS = 5
+_TIMEOUT = aiohttp.ClientTimeout(total=600, sock_connect=15, sock_read=60)
+
+
+def _forbidden(address: str) -> bool:
+    """True for addresses a fetch of a user-influenced URL must never reach (SSRF)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+async def check_url(url: str, *, allow_private: bool) -> None:
+    """Refuse anything but http(s), and (unless ``allow_private``) hosts resolving to non-public addresses."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StorageError("only http(s) URLs are fetched")
+    if allow_private:
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot resolve {parts.hostname!r}: {exc}") from exc
+    if not infos or any(_forbidden(str(info[4][0])) for info in infos):
+        raise StorageError(f"refusing to fetch {parts.hostname!r}: it resolves to a non-public address")
+
+
+class _PublicOnlyResolver(ThreadedResolver):
+    """Re-checks at connect time what :func:`check_url` checked, so DNS rebinding cannot slip past it."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await super().resolve(host, port, family)
+        if not results or any(_forbidden(r["host"]) for r in results):
+            raise StorageError(f"refusing to connect to {host!r}: it resolves to a non-public address")
+        return results
+
+
+@asynccontextmanager
+async def open_url(url: str, *, allow_private: bool) -> AsyncIterator[aiohttp.ClientResponse]:
+    """GET an http(s) URL with the SSRF guard; redirects are followed by hand, each hop checked."""
+    connector = aiohttp.TCPConnector(resolver=None if allow_private else _PublicOnlyResolver())
+    async with aiohttp.ClientSession(timeout=_TIMEOUT, connector=connector) as session:
+        for _ in range(MAX_REDIRECTS + 1):
+            await check_url(url, allow_private=allow_private)
+            async with session.get(url, allow_redirects=False) as resp:
+                if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                    url = urljoin(url, resp.headers["Location"])
+                    continue
+                if resp.status != 200:
+                    raise StorageError(f"GET {url} answered {resp.status}")
+                yield resp
+                return
+        raise StorageError(f"too many redirects fetching {url}")
+
+
+async def download(url: str, dest: Path, *, max_bytes: int, allow_private: bool = False) -> int:
+    """Stream an http(s) URL to ``dest`` in chunks, with a size cap and the SSRF guard."""
     size = 0
-    timeout = aiohttp.ClientTimeout(total=600, sock_connect=15, sock_read=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
-        if resp.status != 200:
-            raise StorageError(f"GET {url} answered {resp.status}")
+    async with open_url(url, allow_private=allow_private) as resp:
         with dest.open("wb") as out:
             async for chunk in resp.content.iter_chunked(1 << 16):
                 size += len(chunk)
