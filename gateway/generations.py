@@ -12,7 +12,7 @@ import json
 import logging
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg
 from aiohttp import web
@@ -38,6 +38,7 @@ from schemas.api import (
     GenerationDetail,
     GenerationPage,
     GenerationRequest,
+    GenerationStatus,
     Links,
 )
 from schemas.envelope import CloudEvent
@@ -52,19 +53,7 @@ DEFAULT_LIMIT = 20
 PROVIDER_CANCEL_TIMEOUT_SECONDS = 10.0
 MAX_LIMIT = 100
 #: Every status a generation can have; the list filter accepts a comma-separated subset.
-_STATUSES = frozenset(
-    {
-        "queued",
-        "analyzing",
-        "planning",
-        "prompting",
-        "generating",
-        "assembling",
-        "completed",
-        "failed",
-        "canceled",
-    }
-)
+_STATUSES: frozenset[str] = frozenset(get_args(GenerationStatus))
 
 
 # -- create -------------------------------------------------------------------------------------------
