@@ -7,6 +7,7 @@ presigned URL instead of proxying the bytes through the gateway.
 """
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -53,33 +54,28 @@ async def _generation_status(request: web.Request, generation_id: str) -> str:
     return value
 
 
-@routes.get("/api/v1/generations/{generation_id}/video")
-async def final_video(request: web.Request) -> web.StreamResponse:
+async def _completed_asset(
+    request: web.Request, key: Callable[[str], str], content_type: str, what: str
+) -> web.StreamResponse:
+    """A file that exists once the generation completed: the final video or its thumbnail."""
     generation_id = request.match_info["generation_id"]
     state = await _generation_status(request, generation_id)
     if state != "completed":
-        raise not_found(f"generation {generation_id} has no video yet ({state})")
+        raise not_found(f"generation {generation_id} has no {what} yet ({state})")
     return await serve_key(
-        get_deps(request).storage,
-        storage.final_key(generation_id),
-        "video/mp4",
-        missing="the video is not stored",
+        get_deps(request).storage, key(generation_id), content_type, missing=f"the {what} is not stored"
     )
+
+
+@routes.get("/api/v1/generations/{generation_id}/video")
+async def final_video(request: web.Request) -> web.StreamResponse:
+    return await _completed_asset(request, storage.final_key, "video/mp4", "video")
 
 
 @routes.get("/api/v1/generations/{generation_id}/thumbnail")
 async def thumbnail(request: web.Request) -> web.StreamResponse:
     """Not in the contract's route list, but ``video.thumbnail_url`` (written by completion) points here."""
-    generation_id = request.match_info["generation_id"]
-    state = await _generation_status(request, generation_id)
-    if state != "completed":
-        raise not_found(f"generation {generation_id} has no thumbnail yet ({state})")
-    return await serve_key(
-        get_deps(request).storage,
-        storage.thumbnail_key(generation_id),
-        "image/jpeg",
-        missing="the thumbnail is not stored",
-    )
+    return await _completed_asset(request, storage.thumbnail_key, "image/jpeg", "thumbnail")
 
 
 @routes.get("/api/v1/generations/{generation_id}/clips/{clip_id}/video")

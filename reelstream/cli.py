@@ -4,16 +4,13 @@ import asyncio
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Annotated
 
-import asyncpg
 import typer
 
-from reelstream import client, db, embedded, kafka, service
-from reelstream.s3 import S3Storage
+from reelstream import client, db, embedded, service
 from reelstream.settings import Settings
 
 app = typer.Typer(
@@ -37,26 +34,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-@asynccontextmanager
-async def _infrastructure(
-    settings: Settings,
-) -> AsyncIterator[tuple[asyncpg.Pool, kafka.Producer, service.Deps]]:
-    """Topics, migrated pool, producer and handler dependencies: what every long-running command needs."""
-    assert settings.kafka_bootstrap
-    await kafka.ensure_topics(settings.kafka_bootstrap, kafka.all_topics())
-    async with AsyncExitStack() as stack:
-        pool = await service.open_pool(settings)
-        stack.push_async_callback(pool.close)
-        producer = kafka.Producer(settings.kafka_bootstrap)
-        await producer.start()
-        stack.push_async_callback(producer.stop)
-        deps = service.Deps(settings, service.build_storage(settings), service.build_provider(settings))
-        stack.push_async_callback(deps.provider.close)
-        if isinstance(deps.storage, S3Storage):
-            stack.push_async_callback(deps.storage.close)
-        yield pool, producer, deps
 
 
 @app.command()
@@ -83,7 +60,7 @@ async def _serve(settings: Settings, *, demo_prompt: str | None = None, out: Pat
             settings = settings.model_copy(update={"database_url": postgres.url})
         assert settings.kafka_bootstrap and settings.database_url
         print(f"kafka bootstrap: {settings.kafka_bootstrap}", flush=True)
-        pool, producer, deps = await stack.enter_async_context(_infrastructure(settings))
+        pool, producer, deps = await stack.enter_async_context(service.infrastructure(settings))
         gateway_ready = asyncio.Event()
         gateway_task = asyncio.create_task(
             service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop)
@@ -190,7 +167,7 @@ async def _stage(settings: Settings, name: str, metrics_port: int) -> None:
     stop = asyncio.Event()
     service.install_signal_handlers(stop)
     async with AsyncExitStack() as stack:
-        pool, producer, deps = await stack.enter_async_context(_infrastructure(settings))
+        pool, producer, deps = await stack.enter_async_context(service.infrastructure(settings))
         await service.serve_metrics(metrics_port, stack)
 
         async def on_ready() -> None:
@@ -213,7 +190,7 @@ async def _gateway(settings: Settings) -> None:
     assert settings.kafka_bootstrap
     stop = asyncio.Event()
     service.install_signal_handlers(stop)
-    async with _infrastructure(settings) as (pool, producer, deps):
+    async with service.infrastructure(settings) as (pool, producer, deps):
         ready = asyncio.Event()
         task = asyncio.create_task(service.run_gateway_task(settings, pool, producer, deps, ready, stop))
         await asyncio.wait([asyncio.create_task(ready.wait()), task], return_when=asyncio.FIRST_COMPLETED)

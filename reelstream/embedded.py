@@ -235,6 +235,33 @@ async def _wait_reaped(proc: subprocess.Popen[bytes], seconds: float) -> bool:
     return True
 
 
+def _stopper(
+    proc: subprocess.Popen[bytes],
+    stop_signal: int,
+    grace: float,
+    name: str,
+    lock_fd: int,
+    *,
+    cleanup: Path | None = None,
+) -> Callable[[], Awaitable[None]]:
+    """An idempotent ``stop`` for a started service: signal, wait, release its lock (and pid file)."""
+    stopped = False
+
+    async def stop() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        try:
+            await stop_child(proc, stop_signal=stop_signal, grace=grace, name=name)
+            if cleanup is not None:
+                await asyncio.to_thread(cleanup.unlink, missing_ok=True)
+        finally:
+            _unlock(lock_fd)
+
+    return stop
+
+
 async def stop_child(proc: subprocess.Popen[bytes], *, stop_signal: int, grace: float, name: str) -> None:
     """Ask a child started by :func:`spawn_child` to stop; SIGKILL its process group after ``grace`` s.
 
@@ -421,19 +448,7 @@ async def start_kafka(data_dir: Path, *, port: int | None = None, ready_within: 
         raise
     log.info("embedded Kafka ready on 127.0.0.1:%d in %.2f s", chosen, time.monotonic() - started)
 
-    stopped = False
-
-    async def stop() -> None:
-        nonlocal stopped
-        if stopped:
-            return
-        stopped = True
-        try:
-            await stop_child(proc, stop_signal=signal.SIGTERM, grace=10.0, name="kafka")
-            pid_file.unlink(missing_ok=True)
-        finally:
-            _unlock(lock_fd)
-
+    stop = _stopper(proc, signal.SIGTERM, 10.0, "kafka", lock_fd, cleanup=pid_file)
     return Service("kafka", f"127.0.0.1:{chosen}", stop, proc.pid, chosen, log_path)
 
 
@@ -569,18 +584,7 @@ async def start_postgres(data_dir: Path, *, port: int | None = None, ready_withi
         raise
     log.info("embedded Postgres ready on 127.0.0.1:%d in %.2f s", chosen, time.monotonic() - started)
 
-    stopped = False
-
-    async def stop() -> None:
-        nonlocal stopped
-        if stopped:
-            return
-        stopped = True
-        try:
-            await stop_child(proc, stop_signal=signal.SIGINT, grace=30.0, name="postgres")
-        finally:
-            _unlock(lock_fd)
-
+    stop = _stopper(proc, signal.SIGINT, 30.0, "postgres", lock_fd)
     url = _pg_url(password, chosen, DATABASE_NAME)
     return Service("postgres", url, stop, proc.pid, chosen, log_path)
 

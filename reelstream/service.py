@@ -8,8 +8,8 @@ import asyncio
 import importlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
@@ -20,6 +20,7 @@ from reelstream import db, kafka
 from reelstream.providers import VideoProvider
 from reelstream.providers.local import LocalVideoProvider
 from reelstream.runtime import RuntimeConfig, Stage, StageRunner
+from reelstream.s3 import S3Storage
 from reelstream.settings import Settings
 from reelstream.storage import LocalStorage, Storage
 from reelstream.webhooks import local_secret
@@ -207,3 +208,23 @@ async def run_gateway_task(
     await gateway_app.run_gateway(
         gateway_deps, host=settings.http_host, port=settings.http_port, ready=ready, stop=stop
     )
+
+
+@asynccontextmanager
+async def infrastructure(
+    settings: Settings,
+) -> AsyncIterator[tuple[asyncpg.Pool, kafka.Producer, Deps]]:
+    """Topics, migrated pool, producer and handler dependencies: what every long-running command needs."""
+    assert settings.kafka_bootstrap
+    await kafka.ensure_topics(settings.kafka_bootstrap, kafka.all_topics())
+    async with AsyncExitStack() as stack:
+        pool = await open_pool(settings)
+        stack.push_async_callback(pool.close)
+        producer = kafka.Producer(settings.kafka_bootstrap)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        deps = Deps(settings, build_storage(settings), build_provider(settings))
+        stack.push_async_callback(deps.provider.close)
+        if isinstance(deps.storage, S3Storage):
+            stack.push_async_callback(deps.storage.close)
+        yield pool, producer, deps

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reelstream import embedded, kafka, service
+from reelstream import embedded, service
 from reelstream.settings import Settings
 
 
@@ -33,36 +33,29 @@ async def stack(
         kafka_heartbeat_interval_ms=500,
         render_concurrency=2,
     )
-    await kafka.ensure_topics(kafka_bootstrap, kafka.all_topics())
-    pool = await service.open_pool(settings)
-    producer = kafka.Producer(kafka_bootstrap)
-    await producer.start()
-    deps = service.Deps(settings, service.build_storage(settings), service.build_provider(settings))
-    stop = asyncio.Event()
-    gateway_ready = asyncio.Event()
-    gateway = asyncio.create_task(
-        service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop)
-    )
-    stages_ready = asyncio.Event()
-
-    async def on_ready() -> None:
-        stages_ready.set()
-
-    stages = asyncio.create_task(
-        service.run_stages(
-            service.STAGE_NAMES,
-            settings,
-            pool=pool,
-            producer=producer,
-            deps=deps,
-            stop=stop,
-            on_ready=on_ready,
+    async with service.infrastructure(settings) as (pool, producer, deps):
+        stop = asyncio.Event()
+        gateway_ready = asyncio.Event()
+        gateway = asyncio.create_task(
+            service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop)
         )
-    )
-    await asyncio.wait_for(asyncio.gather(gateway_ready.wait(), stages_ready.wait()), 90)
-    yield Stack(settings, settings.gateway_url, deps)
-    stop.set()
-    await asyncio.gather(stages, gateway, return_exceptions=True)
-    await deps.provider.close()
-    await producer.stop()
-    await pool.close()
+        stages_ready = asyncio.Event()
+
+        async def on_ready() -> None:
+            stages_ready.set()
+
+        stages = asyncio.create_task(
+            service.run_stages(
+                service.STAGE_NAMES,
+                settings,
+                pool=pool,
+                producer=producer,
+                deps=deps,
+                stop=stop,
+                on_ready=on_ready,
+            )
+        )
+        await asyncio.wait_for(asyncio.gather(gateway_ready.wait(), stages_ready.wait()), 90)
+        yield Stack(settings, settings.gateway_url, deps)
+        stop.set()
+        await asyncio.gather(stages, gateway, return_exceptions=True)
