@@ -3,12 +3,14 @@
 from dataclasses import dataclass
 
 import asyncpg
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from reelstream.kafka import Producer
 from reelstream.providers import VideoProvider
 from reelstream.settings import Settings
 from reelstream.storage import Storage
+from reelstream.webhooks import SecretSource
 
 
 @dataclass
@@ -16,7 +18,8 @@ class GatewayDeps:
     """Every outside dependency of the gateway; nothing in ``gateway`` opens its own pools or producers.
 
     ``provider`` is only used to cancel outstanding predictions (None: cancel only marks the clips).
-    ``webhook_secret`` is the Standard Webhooks secret provider webhooks are verified with.
+    ``webhook_secret`` is the Standard Webhooks secret provider webhooks are verified with (fixed, or
+    fetched from the provider when first needed). ``redis`` caches prediction mappings (optional).
     """
 
     settings: Settings
@@ -25,7 +28,8 @@ class GatewayDeps:
     kafka_bootstrap: str
     storage: Storage
     provider: VideoProvider | None
-    webhook_secret: str
+    webhook_secret: str | SecretSource
+    redis: aioredis.Redis | None = None
 
 
 DEPS = web.AppKey("reelstream_deps", GatewayDeps)

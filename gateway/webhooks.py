@@ -17,9 +17,8 @@ from gateway.body import read_body
 from gateway.deps import GatewayDeps, get_deps
 from gateway.errors import ApiError, not_found, request_id
 from gateway.publishing import PublishFailed, gateway_event, publish
-from reelstream import metrics
-from reelstream.events import derive_id
-from reelstream.providers import parse_marker
+from reelstream import mapping, metrics
+from reelstream.providers import outcome_event_id, parse_marker
 from reelstream.webhooks import InvalidWebhook, verify
 from schemas import topics
 from schemas.api import field_errors
@@ -38,23 +37,32 @@ def _answer(outcome: str, status: int = 200) -> web.Response:
     return web.json_response({"status": outcome}, status=status)
 
 
-async def _resolve(deps: GatewayDeps, prediction_id: str, mark: str | None) -> tuple[str, str, int] | None:
+async def _resolve(deps: GatewayDeps, prediction_id: str, mark: str | None) -> mapping.ClipRef | None:
     """(generation, clip, attempt) of a prediction: from our records, else from the URL's marker.
 
-    The marker covers a webhook that beats the recording of its submission (fast local renders, or a
-    create whose response was lost). The marker is not signed, so it is only trusted for a generation
-    that exists, and never overrides what the predictions table says.
+    The marker covers a webhook that beats the recording of its submission (fast renders, or a create
+    whose response was lost). The marker is not signed, so it is only trusted for a generation that
+    exists, and never overrides what the records say.
     """
-    row = await deps.pool.fetchrow(
-        "SELECT generation_id, clip_id, attempt FROM predictions WHERE prediction_id = $1", prediction_id
-    )
-    if row is not None:
-        return row["generation_id"], row["clip_id"], row["attempt"]
+    ref = await mapping.lookup(deps.redis, deps.pool, prediction_id)
+    if ref is not None:
+        return ref
     parsed = parse_marker(mark) if mark else None
     if parsed is None:
         return None
     exists = await deps.pool.fetchval("SELECT true FROM generations WHERE id = $1", parsed[0])
-    return parsed if exists else None
+    return mapping.ClipRef(*parsed) if exists else None
+
+
+async def _secret(deps: GatewayDeps) -> str:
+    if isinstance(deps.webhook_secret, str):
+        return deps.webhook_secret
+    try:
+        return await deps.webhook_secret.get()
+    except Exception as exc:
+        log.error("no webhook secret from the provider, asking it to retry: %r", exc)
+        metrics.WEBHOOKS.labels("unavailable").inc()
+        raise ApiError(503, "unavailable", "cannot verify webhooks right now; retry later") from None
 
 
 @routes.post("/api/v1/webhooks/replicate")
@@ -63,7 +71,7 @@ async def replicate_webhook(request: web.Request) -> web.Response:
     body = await read_body(request, WEBHOOK_BODY_LIMIT)
     headers = {name: request.headers.get(name, "") for name in _SIGNATURE_HEADERS}
     try:
-        payload = verify(deps.webhook_secret, body, headers)
+        payload = verify(await _secret(deps), body, headers)
     except InvalidWebhook as exc:
         metrics.WEBHOOKS.labels("unauthorized").inc()
         log.warning("rejected webhook (request %s): %s", request_id(request), exc)
@@ -109,8 +117,7 @@ async def replicate_webhook(request: web.Request) -> web.Response:
             webhook_id=webhook_id,
         ),
         subject=generation_id,
-        # The same outcome of the same prediction is one fact, however many deliveries carry it.
-        event_id=derive_id(prediction.id, topics.CLIP_COMPLETED, prediction.status),
+        event_id=outcome_event_id(prediction),
     )
     try:
         await publish(deps.producer, [(topics.CLIP_COMPLETED, event)])

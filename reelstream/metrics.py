@@ -17,3 +17,11 @@ GENERATIONS = Counter("reelstream_generations_total", "Generations that ended", 
 CLIPS_RENDERED = Counter(
     "reelstream_clips_rendered_total", "Clips rendered by the local provider", ["outcome"]
 )
+PREDICTIONS_POLLED = Counter(
+    "reelstream_predictions_polled_total",
+    "Predictions asked after because their webhook was late, by what the poll found",
+    ["outcome"],
+)
+PROVIDER_CALLS = Counter(
+    "reelstream_provider_calls_total", "Calls to the video provider", ["provider", "call", "outcome"]
+)

@@ -100,6 +100,37 @@ Handler = Callable[[Context[Any]], Awaitable[None]]
 
 
 @dataclass
+class Sweeper:
+    """What a sweep gets: the stage's pool, producer and deps, and a way to publish like a handler."""
+
+    stage: str
+    pool: asyncpg.Pool
+    producer: Producer
+    deps: Any
+
+    async def publish(self, topic: str, data: BaseModel, *, subject: str, event_id: str) -> None:
+        """Send one event now; ``event_id`` must be deterministic, so consumers dedupe a repeat."""
+        event = make_event(
+            topic, data, source=f"/reelstream/stages/{self.stage}", subject=subject, event_id=event_id
+        )
+        await self.producer.send(topic, event)
+
+
+@dataclass
+class Sweep:
+    """Work a stage does on a timer rather than on an event, such as asking after a lost webhook.
+
+    Sweeps run in every replica of the stage, so they must claim their rows (``SKIP LOCKED``) and
+    publish with deterministic ids: two replicas sweeping at once may not do anything twice.
+    """
+
+    name: str
+    run: Callable[[Sweeper], Awaitable[None]]
+    #: Seconds between sweeps, read from the deps (the settings) when the stage starts.
+    every: Callable[[Any], float]
+
+
+@dataclass
 class Stage:
     """A consumer group named ``name`` that handles the events of ``topics`` with ``handler``."""
 
@@ -107,6 +138,7 @@ class Stage:
     topics: list[str]
     handler: Handler
     payloads: Mapping[str, type[BaseModel]] = field(default_factory=lambda: dict(PAYLOADS))
+    sweeps: list[Sweep] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +201,9 @@ class StageRunner:
         consumer.subscribe(self.stage.topics, listener=_Listener(self))
         await consumer.start()
         log.info("stage %s consuming %s", self.stage.name, ", ".join(self.stage.topics))
+        sweeps = [
+            asyncio.create_task(self._sweep(sweep), name=f"sweep-{sweep.name}") for sweep in self.stage.sweeps
+        ]
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure(consumer)
@@ -181,10 +216,32 @@ class StageRunner:
                         self._dispatch(tp, record)
                 await self._commit(consumer)
         finally:
+            for task in sweeps:
+                task.cancel()
+            await asyncio.gather(*sweeps, return_exceptions=True)
             await self._drain(list(self._pending))
             await self._commit(consumer)
             await consumer.stop()
             log.info("stage %s stopped", self.stage.name)
+
+    async def _sweep(self, sweep: Sweep) -> None:
+        """Run ``sweep`` every ``sweep.every`` seconds until stopped; a failed round is logged and retried."""
+        every = max(0.05, sweep.every(self.deps))
+        sweeper = Sweeper(self.stage.name, self.pool, self.producer, self.deps)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=every)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await sweep.run(sweeper)
+            except TRANSIENT as exc:
+                log.warning(
+                    "sweep %s/%s failed, next round in %.1fs: %r", self.stage.name, sweep.name, every, exc
+                )
+            except Exception:
+                log.exception("sweep %s/%s crashed, next round in %.1fs", self.stage.name, sweep.name, every)
 
     # -- dispatch and ordering ---------------------------------------------------------------
     def _in_flight(self) -> int:

@@ -13,17 +13,19 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
+import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from reelstream import db, kafka
+from reelstream import db, kafka, mapping
 from reelstream.providers import VideoProvider
 from reelstream.providers.local import LocalVideoProvider
+from reelstream.providers.replicate import ReplicateVideoProvider
 from reelstream.runtime import RuntimeConfig, Stage, StageRunner
 from reelstream.s3 import S3Storage
 from reelstream.settings import Settings
 from reelstream.storage import LocalStorage, Storage
-from reelstream.webhooks import local_secret
+from reelstream.webhooks import SecretSource, local_secret
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Deps:
     settings: Settings
     storage: Storage
     provider: VideoProvider
+    redis: aioredis.Redis | None = None
 
 
 def load_stage(name: str) -> Stage:
@@ -69,15 +72,35 @@ def build_storage(settings: Settings) -> Storage:
     )
 
 
-def webhook_secret(settings: Settings) -> str:
-    return local_secret(settings)
+def webhook_secret(settings: Settings, provider: VideoProvider) -> str | SecretSource:
+    """What provider webhooks are verified with.
+
+    The local provider's secret lives in the data dir. For Replicate: the configured secret, else the
+    account's, fetched from Replicate's API when the first webhook needs it (so the gateway starts even
+    while Replicate is unreachable).
+    """
+    if settings.replicate_api_token is None:
+        return local_secret(settings)
+    if settings.replicate_webhook_secret is not None:
+        return settings.replicate_webhook_secret.get_secret_value()
+    if isinstance(provider, ReplicateVideoProvider):
+        return SecretSource(provider.webhook_secret)
+    raise RuntimeError("no webhook secret: set REELSTREAM_REPLICATE_WEBHOOK_SECRET")
 
 
 def build_provider(settings: Settings) -> VideoProvider:
+    """Replicate when a token is set, else the local FFmpeg renderer."""
+    if settings.replicate_api_token is not None:
+        return ReplicateVideoProvider(
+            api_token=settings.replicate_api_token.get_secret_value(),
+            base_url=settings.replicate_base_url,
+            model=settings.replicate_model,
+            timeout=settings.replicate_timeout_seconds,
+        )
     return LocalVideoProvider(
         output_dir=settings.data_dir / "provider",
         public_url=settings.gateway_url,
-        secret=webhook_secret(settings),
+        secret=local_secret(settings),
         concurrency=settings.render_concurrency,
     )
 
@@ -203,7 +226,8 @@ async def run_gateway_task(
         kafka_bootstrap=settings.kafka_bootstrap,
         storage=deps.storage,
         provider=deps.provider,
-        webhook_secret=webhook_secret(settings),
+        webhook_secret=webhook_secret(settings, deps.provider),
+        redis=deps.redis,
     )
     await gateway_app.run_gateway(
         gateway_deps, host=settings.http_host, port=settings.http_port, ready=ready, stop=stop
@@ -223,8 +247,12 @@ async def infrastructure(
         producer = kafka.Producer(settings.kafka_bootstrap)
         await producer.start()
         stack.push_async_callback(producer.stop)
-        deps = Deps(settings, build_storage(settings), build_provider(settings))
+        deps = Deps(
+            settings, build_storage(settings), build_provider(settings), mapping.connect(settings.redis_url)
+        )
         stack.push_async_callback(deps.provider.close)
+        if deps.redis is not None:
+            stack.push_async_callback(deps.redis.aclose)
         if isinstance(deps.storage, S3Storage):
             stack.push_async_callback(deps.storage.close)
         yield pool, producer, deps

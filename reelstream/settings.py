@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     replicate_base_url: str | None = None
     replicate_model: str = "wan-video/wan-2.2-t2v-fast"
     replicate_webhook_secret: SecretStr | None = None
-    prediction_poll_seconds: float = 60.0
+    #: Bound on one Replicate call; a create with no answer by then is looked up before it is retried.
+    replicate_timeout_seconds: float = Field(default=30.0, gt=0)
+    prediction_poll_seconds: float = Field(default=60.0, gt=0)
 
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
@@ -44,8 +46,6 @@ class Settings(BaseSettings):
     clip_attempts: int = Field(default=2, ge=1)
     render_concurrency: int = Field(default=2, ge=1)
     stage_concurrency: int = Field(default=16, ge=1)
-    #: Secret the local provider signs its webhooks with (Standard Webhooks ``whsec_`` format).
-    local_webhook_secret: SecretStr = SecretStr("whsec_cmVlbHN0cmVhbS1sb2NhbC13ZWJob29rLXNlY3JldA==")
 
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000

@@ -4,10 +4,12 @@ The local provider signs with :func:`sign` and the gateway verifies with :func:`
 the tests travel the same path as production.
 """
 
+import asyncio
 import base64
 import json
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +46,21 @@ def local_secret(settings: Settings) -> str:
     finally:
         tmp.unlink()
     return path.read_text().strip()
+
+
+class SecretSource:
+    """A secret fetched when first needed and kept; a failed fetch is tried again on the next call."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[str]]) -> None:
+        self._fetch = fetch
+        self._value: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        async with self._lock:
+            if self._value is None:
+                self._value = await self._fetch()
+            return self._value
 
 
 def sign(secret: str, body: bytes, *, webhook_id: str, at: datetime | None = None) -> dict[str, str]:

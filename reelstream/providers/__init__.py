@@ -6,6 +6,8 @@ Both answer through the same signed webhook, so everything downstream of ``creat
 import re
 from typing import Protocol
 
+from reelstream.events import derive_id
+from schemas import topics
 from schemas.events import ClipSpec, Prediction
 
 _MARKER_RE = re.compile(r"^(gen_[0-9a-f]{32})\.(clip_[0-9]{2,3})\.([0-9]{1,3})$")
@@ -29,6 +31,15 @@ def parse_marker(value: str) -> tuple[str, str, int] | None:
     if match is None:
         return None
     return match.group(1), match.group(2), int(match.group(3))
+
+
+def outcome_event_id(prediction: Prediction) -> str:
+    """The ``clip.completed`` id of a prediction's outcome, whether a webhook or a poll brought it.
+
+    The same outcome of the same prediction is one fact, however many deliveries carry it: consumers
+    deduplicate on this id.
+    """
+    return derive_id(prediction.id, topics.CLIP_COMPLETED, prediction.status)
 
 
 def webhook_url(public_url: str, mark: str) -> str:

@@ -2,19 +2,21 @@
 
 Keeps a window of predictions in flight per generation (``clip_concurrency`` when ``parallel_clips``,
 else one), refills it as outcomes arrive, and resubmits a failed clip until its attempts run out.
-It reads clip.completed in its own consumer group only to learn that a slot came free.
+It reads clip.completed in its own consumer group only to learn that a slot came free. A prediction
+whose webhook is late is polled (``poll.py``).
 """
 
 from typing import Any
 
 import asyncpg
 
-from reelstream import status
+from reelstream import mapping, status
 from reelstream.providers import ProviderError, ProviderUnavailable, marker, webhook_url
 from reelstream.runtime import Context, Stage, TransientError
 from schemas import topics
 from schemas.api import Options
 from schemas.events import ClipCompleted, ClipSpec, ClipSubmitted, GenerationPrompted
+from stages.clips.poll import sweep as poll_sweep
 
 
 async def handle(ctx: Context[Any]) -> None:
@@ -96,6 +98,9 @@ async def _submit(ctx: Context[Any], clip: asyncpg.Record, attempt: int) -> None
         attempt,
         ctx.deps.provider.name,
     )
+    await mapping.remember(
+        ctx.deps.redis, prediction_id, mapping.ClipRef(ctx.generation_id, spec.clip_id, attempt)
+    )
     ctx.emit(
         topics.CLIP_SUBMITTED,
         ClipSubmitted(
@@ -114,4 +119,9 @@ async def _clip(conn: asyncpg.Connection, generation_id: str, clip_id: str) -> a
     return row
 
 
-stage = Stage(name="clips", topics=[topics.GENERATION_PROMPTED, topics.CLIP_COMPLETED], handler=handle)
+stage = Stage(
+    name="clips",
+    topics=[topics.GENERATION_PROMPTED, topics.CLIP_COMPLETED],
+    handler=handle,
+    sweeps=[poll_sweep],
+)

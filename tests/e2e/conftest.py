@@ -2,8 +2,10 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,21 +20,23 @@ class Stack:
     deps: service.Deps
 
 
-@pytest.fixture(scope="module")
-async def stack(
-    kafka_bootstrap: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    data_dir: Path = tmp_path_factory.mktemp("stack")
-    port = embedded.free_port()
-    settings = Settings(
+def stack_settings(data_dir: Path, kafka_bootstrap: str, database_url: str, **overrides: Any) -> Settings:
+    """Settings of an in-process stack: test-speed Kafka timeouts, its own port and data dir."""
+    return Settings(
         data_dir=data_dir,
-        http_port=port,
+        http_port=embedded.free_port(),
         kafka_bootstrap=kafka_bootstrap,
         database_url=database_url,
         kafka_session_timeout_ms=2000,
         kafka_heartbeat_interval_ms=500,
         render_concurrency=2,
+        **overrides,
     )
+
+
+@asynccontextmanager
+async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
+    """Every stage and the gateway in this process, ready to take requests, stopped on exit."""
     async with service.infrastructure(settings) as (pool, producer, deps):
         stop = asyncio.Event()
         gateway_ready = asyncio.Event()
@@ -55,7 +59,18 @@ async def stack(
                 on_ready=on_ready,
             )
         )
-        await asyncio.wait_for(asyncio.gather(gateway_ready.wait(), stages_ready.wait()), 90)
-        yield Stack(settings, settings.gateway_url, deps)
-        stop.set()
-        await asyncio.gather(stages, gateway, return_exceptions=True)
+        try:
+            await asyncio.wait_for(asyncio.gather(gateway_ready.wait(), stages_ready.wait()), 90)
+            yield Stack(settings, settings.gateway_url, deps)
+        finally:
+            stop.set()
+            await asyncio.gather(stages, gateway, return_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    kafka_bootstrap: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    settings = stack_settings(tmp_path_factory.mktemp("stack"), kafka_bootstrap, database_url)
+    async with running_stack(settings) as running:
+        yield running

@@ -175,7 +175,9 @@ async def _run_with_flaky_provider(
     from reelstream.service import webhook_secret
 
     original = stack.deps.provider
-    flaky = FlakyProvider(original, webhook_secret(stack.settings), fail)
+    secret = webhook_secret(stack.settings, original)
+    assert isinstance(secret, str)
+    flaky = FlakyProvider(original, secret, fail)
     stack.deps.provider = flaky
     try:
         async with aiohttp.ClientSession() as session:

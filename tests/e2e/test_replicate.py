@@ -1,0 +1,315 @@
+"""Production providers end to end: OpenAI analysis, Wan clips on Replicate, files in S3, Redis mappings.
+
+The real ``openai``, ``replicate`` and ``aiobotocore`` clients talk to local servers that speak the same
+HTTP APIs: a fake OpenAI, a fake Replicate that renders real MP4s and signs its webhooks like Replicate,
+and moto's S3 server. Everything else is the real stack: tansu, Postgres, Redis, every stage, the gateway.
+"""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import av
+import pytest
+import redis.asyncio as aioredis
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from fake_openai import FakeOpenAI
+from fake_replicate import WAN_22_T2V_FAST, FakeReplicate
+
+from reelstream.webhooks import sign
+
+from .conftest import Stack, running_stack, stack_settings
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "reelstream-e2e"
+TERMINAL = ("completed", "failed", "canceled")
+
+
+def s3_client(endpoint: str) -> Any:
+    return get_session().create_client(
+        "s3", endpoint_url=endpoint, config=AioConfig(signature_version="s3v4")
+    )
+
+
+@pytest.fixture(scope="module")
+async def replicate() -> AsyncIterator[FakeReplicate]:
+    server = await FakeReplicate(max_render_seconds=2.0).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    server = await FakeOpenAI().start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def cloud(
+    kafka_bootstrap: str,
+    database_url: str,
+    redis_url: str,
+    s3_endpoint: str,
+    replicate: FakeReplicate,
+    openai: FakeOpenAI,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    async with s3_client(s3_endpoint) as s3:
+        await s3.create_bucket(Bucket=BUCKET)
+    settings = stack_settings(
+        tmp_path_factory.mktemp("cloud"),
+        kafka_bootstrap,
+        database_url,
+        redis_url=redis_url,
+        openai_api_key="sk-test",
+        openai_base_url=openai.base_url,
+        replicate_api_token=replicate.token,
+        replicate_base_url=replicate.base_url,
+        replicate_model=WAN_22_T2V_FAST,
+        # No webhook secret: it is fetched from the account, as in production.
+        replicate_timeout_seconds=1.0,
+        prediction_poll_seconds=1.5,
+        s3_bucket=BUCKET,
+        s3_endpoint_url=s3_endpoint,
+        storage_allow_private_urls=True,  # the fake's outputs are on 127.0.0.1
+    )
+    async with running_stack(settings) as stack:
+        yield stack
+
+
+@pytest.fixture(autouse=True)
+def clean_fakes(replicate: FakeReplicate, openai: FakeOpenAI) -> None:
+    replicate.reset()
+    openai.reset()
+
+
+@pytest.fixture
+async def db(cloud: Stack) -> AsyncIterator[asyncpg.Connection]:
+    assert cloud.settings.database_url
+    conn = await asyncpg.connect(cloud.settings.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def submit(stack: Stack, duration: int = 10, **options: Any) -> str:
+    body = {
+        "prompt": f"Trail runners at sunrise on a ridge, fast cuts ({uuid.uuid4().hex[:6]})",
+        "duration_seconds": duration,
+        "brand": {"name": "Acme", "colors": ["#0A84FF"], "tagline": "Run further"},
+        "options": {"parallel_clips": True, **options},
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.url}/api/v1/generations", json=body) as resp,
+    ):
+        assert resp.status == 202, await resp.text()
+        generation_id: str = (await resp.json())["generation_id"]
+        return generation_id
+
+
+async def detail(stack: Stack, generation_id: str) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{stack.url}/api/v1/generations/{generation_id}") as resp,
+    ):
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def wait_for(
+    stack: Stack, generation_id: str, *, until: Any = None, timeout: float = 120
+) -> dict[str, Any]:
+    """The detail once ``until(detail)`` holds (default: a terminal status)."""
+    until = until or (lambda d: d["status"] in TERMINAL)
+    async with asyncio.timeout(timeout):
+        while True:
+            current = await detail(stack, generation_id)
+            if until(current):
+                return current
+            await asyncio.sleep(0.2)
+
+
+async def generate(stack: Stack, duration: int = 10, **options: Any) -> dict[str, Any]:
+    return await wait_for(stack, await submit(stack, duration, **options))
+
+
+def created_for(replicate: FakeReplicate, generation_id: str) -> list[dict[str, Any]]:
+    return [p for p in replicate.predictions.values() if generation_id in p.get("webhook", "")]
+
+
+async def test_generation_completes_on_replicate_with_files_in_s3(
+    cloud: Stack, replicate: FakeReplicate, db: asyncpg.Connection, redis_url: str, tmp_path: Path
+) -> None:
+    result = await generate(cloud, duration=10)
+    generation_id = result["generation_id"]
+    assert result["status"] == "completed", result["error"]
+    assert result["analysis"]["source"] == "openai" and result["analysis"]["fallback_reason"] is None
+    clips = result["clips"]
+    assert len(clips) >= 2 and all(c["status"] == "succeeded" and c["attempts"] == 1 for c in clips)
+    assert result["compute_seconds"] > 0
+
+    # One prediction per clip, made on the official-model endpoint with a completed-only webhook.
+    created = created_for(replicate, generation_id)
+    assert sorted(p["id"] for p in created) == sorted(c["prediction_id"] for c in clips)
+    assert all(p["model"] == WAN_22_T2V_FAST for p in created)
+    assert all(p["webhook_events_filter"] == ["completed"] for p in created)
+    assert all("negative_prompt" not in p["input"] for p in created)  # wan-2.2 takes none
+
+    async with s3_client(cloud.settings.s3_endpoint_url) as s3:
+        listing = await s3.list_objects_v2(Bucket=BUCKET, Prefix=f"generations/{generation_id}/")
+    keys = {item["Key"] for item in listing.get("Contents", [])}
+    assert keys == {f"generations/{generation_id}/clips/{c['clip_id']}.mp4" for c in clips} | {
+        f"generations/{generation_id}/final.mp4",
+        f"generations/{generation_id}/thumbnail.jpg",
+    }
+
+    # The download route redirects to a presigned URL that serves the video.
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"{cloud.url}/api/v1/generations/{generation_id}/video", allow_redirects=False
+        ) as resp:
+            assert resp.status == 302
+            location = resp.headers["Location"]
+        assert "X-Amz-Signature=" in location
+        async with session.get(location) as resp:
+            assert resp.status == 200
+            (tmp_path / "final.mp4").write_bytes(await resp.read())
+    with av.open(str(tmp_path / "final.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert (stream.width, stream.height) == (832, 480)
+        assert container.duration is not None
+        assert abs(container.duration / 1_000_000 - 10) < 0.1
+
+    # Any gateway resolves the webhooks of these predictions from Redis, and from Postgres without it.
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        for clip in clips:
+            assert await redis.ttl(f"prediction_mapping:{clip['prediction_id']}") > 0
+    finally:
+        await redis.aclose()
+    recorded = await db.fetchval("SELECT count(*) FROM predictions WHERE generation_id = $1", generation_id)
+    assert recorded == len(clips)
+
+
+async def test_throttled_create_waits_and_makes_one_prediction_per_clip(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    replicate.throttle_next(2, retry_after=1)
+    result = await generate(cloud, duration=10)
+    assert result["status"] == "completed", result["error"]
+    assert replicate.throttled == 2
+    assert len(created_for(replicate, result["generation_id"])) == len(result["clips"])
+
+
+async def test_create_with_lost_answer_makes_no_duplicate(cloud: Stack, replicate: FakeReplicate) -> None:
+    replicate.hang_next_create(3.0)  # longer than the 1 s create timeout: outcome unknown
+    result = await generate(cloud, duration=5)
+    assert result["status"] == "completed", result["error"]
+    created = created_for(replicate, result["generation_id"])
+    assert sorted(p["id"] for p in created) == sorted(c["prediction_id"] for c in result["clips"])
+
+
+@pytest.mark.parametrize("fault", ["failed", "aborted"])
+async def test_failed_prediction_is_resubmitted(cloud: Stack, replicate: FakeReplicate, fault: str) -> None:
+    if fault == "failed":
+        replicate.fail_next(1)
+    else:
+        replicate.abort_next(1)
+    result = await generate(cloud, duration=5)
+    assert result["status"] == "completed", result["error"]
+    assert sorted(c["attempts"] for c in result["clips"])[-2:] == [1, 2]
+    created = created_for(replicate, result["generation_id"])
+    assert sorted(p["status"] for p in created) == sorted([fault] + ["succeeded"] * len(result["clips"]))
+
+
+async def test_generation_fails_when_every_attempt_fails(cloud: Stack, replicate: FakeReplicate) -> None:
+    replicate.fail_next(10, error="CUDA out of memory")
+    result = await generate(cloud, duration=5, parallel_clips=False)
+    assert result["status"] == "failed"
+    assert result["error"]["stage"] and "CUDA out of memory" in result["error"]["message"]
+    created = created_for(replicate, result["generation_id"])
+    assert len(created) == cloud.settings.clip_attempts  # the first clip, once per attempt; no more
+    assert {p["status"] for p in created} == {"failed"}
+
+
+async def test_webhook_delivered_twice_is_handled_once(
+    cloud: Stack, replicate: FakeReplicate, db: asyncpg.Connection
+) -> None:
+    replicate.duplicate_webhooks = True
+    result = await generate(cloud, duration=10)
+    assert result["status"] == "completed", result["error"]
+    ids = [c["prediction_id"] for c in result["clips"]]
+    await replicate.wait_idle()
+    delivered = [d for d in replicate.webhook_deliveries if d[1] == 200]
+    assert len(delivered) == 2 * len(ids)  # both copies were answered 2xx
+    rows = await db.fetch("SELECT prediction_id FROM webhook_deliveries WHERE prediction_id = ANY($1)", ids)
+    assert sorted(r["prediction_id"] for r in rows) == sorted(ids)  # one recorded delivery each
+    assert all(c["attempts"] == 1 for c in result["clips"])
+
+
+async def test_webhook_arriving_before_the_submission_is_recorded_still_resolves(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    replicate.webhook_before_response = True
+    result = await generate(cloud, duration=10)
+    assert result["status"] == "completed", result["error"]
+    assert all(c["attempts"] == 1 for c in result["clips"])
+    assert len(created_for(replicate, result["generation_id"])) == len(result["clips"])
+
+
+async def test_lost_webhooks_are_completed_by_polling(cloud: Stack, replicate: FakeReplicate) -> None:
+    replicate.drop_webhooks = True
+    result = await generate(cloud, duration=10)
+    assert result["status"] == "completed", result["error"]
+    assert replicate.webhook_deliveries == []
+    assert all(c["status"] == "succeeded" and c["attempts"] == 1 for c in result["clips"])
+
+
+async def test_forged_or_stale_signatures_are_refused(cloud: Stack, replicate: FakeReplicate) -> None:
+    body = b'{"id": "forged", "status": "succeeded", "output": "https://evil.example/x.mp4"}'
+    url = f"{cloud.url}/api/v1/webhooks/replicate"
+    forged = sign("whsec_" + "QUJD" * 8, body, webhook_id="msg_forged")
+    stale = sign(replicate.secret, body, webhook_id="msg_stale", at=datetime.now(UTC) - timedelta(minutes=10))
+    fresh = sign(replicate.secret, body, webhook_id=f"msg_{uuid.uuid4().hex}")
+    async with aiohttp.ClientSession() as session:
+        for headers, expected in ((forged, 401), (stale, 401), ({}, 401), (fresh, 200)):
+            async with session.post(url, data=body, headers=headers) as resp:
+                assert resp.status == expected, await resp.text()
+                if expected == 401:
+                    assert (await resp.json())["error"]["code"] == "unauthorized"
+
+
+async def test_cancel_cancels_the_predictions_at_replicate(cloud: Stack, replicate: FakeReplicate) -> None:
+    replicate.hold_predictions = True
+    generation_id = await submit(cloud, duration=10)
+    submitted = await wait_for(
+        cloud,
+        generation_id,
+        until=lambda d: d["clips"] and all(c["prediction_id"] for c in d["clips"]),
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{cloud.url}/api/v1/generations/{generation_id}/cancel") as resp,
+    ):
+        assert resp.status == 202
+    result = await wait_for(cloud, generation_id)
+    assert result["status"] == "canceled"
+    ids = {c["prediction_id"] for c in submitted["clips"]}
+    assert ids <= set(replicate.canceled_ids)
+    assert {replicate.predictions[i]["status"] for i in ids} == {"canceled"}
