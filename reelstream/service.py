@@ -40,6 +40,10 @@ class Deps:
     storage: Storage
     provider: VideoProvider
     redis: aioredis.Redis | None = None
+    #: A small pool of its own for single statements that must commit even if the handler's transaction
+    #: rolls back. Never the handlers' pool: a handler waiting on the pool it holds a connection of could
+    #: deadlock once every connection is held.
+    autonomous: asyncpg.Pool | None = None
 
 
 def load_stage(name: str) -> Stage:
@@ -247,8 +251,15 @@ async def infrastructure(
         producer = kafka.Producer(settings.kafka_bootstrap)
         await producer.start()
         stack.push_async_callback(producer.stop)
+        assert settings.database_url
+        autonomous = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+        stack.push_async_callback(autonomous.close)
         deps = Deps(
-            settings, build_storage(settings), build_provider(settings), mapping.connect(settings.redis_url)
+            settings,
+            build_storage(settings),
+            build_provider(settings),
+            mapping.connect(settings.redis_url),
+            autonomous,
         )
         stack.push_async_callback(deps.provider.close)
         if deps.redis is not None:

@@ -51,6 +51,26 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_ms: int = 1000
     log_level: str = "INFO"
 
+    @field_validator(
+        "public_url",
+        "kafka_bootstrap",
+        "database_url",
+        "redis_url",
+        "openai_api_key",
+        "openai_base_url",
+        "replicate_api_token",
+        "replicate_base_url",
+        "replicate_webhook_secret",
+        "s3_bucket",
+        "s3_endpoint_url",
+        "api_keys",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``VAR=`` (as compose writes ``${VAR:-}``) means unset, never an empty token or URL."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -49,8 +49,12 @@ def webhook_url(public_url: str, mark: str) -> str:
 class VideoProvider(Protocol):
     name: str
 
-    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str) -> str:
-        """Start a prediction; returns its id. Idempotent per ``marker`` where the provider allows it."""
+    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
+        """Start a prediction; returns its id.
+
+        ``retry`` says an earlier try of this very submission (same ``marker``) may have reached the
+        provider before we crashed or lost the answer: look for its prediction before paying for another.
+        """
         ...
 
     async def get(self, prediction_id: str) -> Prediction: ...

@@ -48,7 +48,8 @@ class LocalVideoProvider:
     def _output_url(self, prediction_id: str) -> str:
         return f"{self.public_url}/provider/outputs/{prediction_id}.mp4"
 
-    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str) -> str:
+    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
+        # Idempotent per marker by construction: the id is derived from it, so ``retry`` changes nothing.
         prediction_id = prediction_id_for(marker)
         if prediction_id not in self._tasks:
             self._state[prediction_id] = Prediction(id=prediction_id, status="starting")

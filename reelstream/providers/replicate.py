@@ -21,6 +21,7 @@ import httpx
 from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 
+from reelstream import metrics
 from reelstream.providers import ProviderError, ProviderUnavailable
 from reelstream.providers.wan import build_input, input_properties
 from schemas.events import ClipSpec, Prediction
@@ -112,7 +113,9 @@ class ReplicateVideoProvider:
 
     # -- VideoProvider ---------------------------------------------------------------------------
 
-    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str) -> str:
+    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
+        if retry:
+            self._uncertain.add(marker)
         inputs = await self.build_input(spec)
         since = datetime.now(UTC) - _LOOKUP_WINDOW
         delay = 1.0
@@ -122,6 +125,7 @@ class ReplicateVideoProvider:
                 found = await self._find(marker, inputs, since)
                 if found is not None:
                     log.info("%s: adopted prediction %s from a create whose answer was lost", marker, found)
+                    _count("adopted")
                     self._uncertain.discard(marker)
                     return found
             try:
@@ -135,24 +139,32 @@ class ReplicateVideoProvider:
                     self.timeout,
                 )
             except Throttled as exc:
+                _count("throttled")
                 pause = min(exc.retry_after if exc.retry_after is not None else delay, self.max_wait - waited)
                 if pause <= 0 or attempt == self.create_attempts:
                     raise ProviderUnavailable(str(exc)) from None
                 log.warning("%s: throttled, waiting %.1fs (attempt %d)", marker, pause, attempt)
                 await asyncio.sleep(pause)
                 waited += pause
+                continue  # Retry-After was the wait: no extra backoff
             except ReplicateError as exc:
                 if exc.status is not None and 400 <= exc.status < 500:
+                    _count("rejected")
+                    self._uncertain.discard(marker)
                     raise ProviderError(f"{exc.status}: {exc.detail or exc.title}") from None
                 self._uncertain.add(marker)  # a 5xx may come after the prediction was made
+                _count("server_error")
                 log.warning("%s: create answered %s (attempt %d)", marker, exc.status, attempt)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 log.warning("%s: Replicate unreachable (attempt %d): %r", marker, attempt, exc)
+                _count("unreachable")
             except (TimeoutError, httpx.HTTPError) as exc:
                 self._uncertain.add(marker)
+                _count("unknown")
                 log.warning("%s: create outcome unknown (attempt %d): %r", marker, attempt, exc)
             else:
                 self._uncertain.discard(marker)
+                _count("created")
                 return prediction.id
             pause = delay * random.uniform(0.5, 1.0)
             await asyncio.sleep(pause)
@@ -219,6 +231,10 @@ class ReplicateVideoProvider:
         if not isinstance(body, dict):
             raise ProviderUnavailable(f"unexpected answer from {path}")
         return body
+
+
+def _count(outcome: str) -> None:
+    metrics.PROVIDER_CALLS.labels("replicate", "create", outcome).inc()
 
 
 def _created(item: dict[str, Any]) -> datetime:

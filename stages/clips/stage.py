@@ -74,7 +74,10 @@ async def _submit(ctx: Context[Any], clip: asyncpg.Record, attempt: int) -> None
     mark = marker(ctx.generation_id, spec.clip_id, attempt)
     try:
         prediction_id = await ctx.deps.provider.create(
-            spec, webhook_url=webhook_url(settings.gateway_url, mark), marker=mark
+            spec,
+            webhook_url=webhook_url(settings.gateway_url, mark),
+            marker=mark,
+            retry=not await _first_try(ctx, mark),
         )
     except ProviderUnavailable as exc:
         raise TransientError(str(exc)) from exc
@@ -110,6 +113,21 @@ async def _submit(ctx: Context[Any], clip: asyncpg.Record, attempt: int) -> None
             attempt=attempt,
         ),
     )
+
+
+async def _first_try(ctx: Context[Any], mark: str) -> bool:
+    """Record, outside the handler's transaction, that this submission is being tried.
+
+    If the handler then dies between the provider's answer and its commit, the redelivered event finds
+    the record and the provider looks for the prediction it may already have made: a crash never turns
+    one clip attempt into two paid predictions.
+    """
+    autonomous: asyncpg.Pool | None = ctx.deps.autonomous
+    assert autonomous is not None, "the clips stage needs Deps.autonomous"
+    fresh = await autonomous.fetchval(
+        "INSERT INTO submissions (marker) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", mark
+    )
+    return bool(fresh)
 
 
 async def _clip(conn: asyncpg.Connection, generation_id: str, clip_id: str) -> asyncpg.Record | None:

@@ -22,7 +22,9 @@ from aiobotocore.session import get_session
 from fake_openai import FakeOpenAI
 from fake_replicate import WAN_22_T2V_FAST, FakeReplicate
 
+from reelstream.providers import ProviderUnavailable, VideoProvider
 from reelstream.webhooks import sign
+from schemas.events import ClipSpec, Prediction
 
 from .conftest import Stack, running_stack, stack_settings
 
@@ -246,6 +248,47 @@ async def test_generation_fails_when_every_attempt_fails(cloud: Stack, replicate
     created = created_for(replicate, result["generation_id"])
     assert len(created) == cloud.settings.clip_attempts  # the first clip, once per attempt; no more
     assert {p["status"] for p in created} == {"failed"}
+
+
+class LoseFirstAnswer:
+    """The first create reaches Replicate, but its answer dies with the handler (as in a crash)."""
+
+    def __init__(self, inner: VideoProvider) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.retries: list[bool] = []
+
+    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
+        self.retries.append(retry)
+        prediction_id = await self.inner.create(spec, webhook_url=webhook_url, marker=marker, retry=retry)
+        if len(self.retries) == 1:
+            raise ProviderUnavailable("connection reset after the prediction was made")
+        return prediction_id
+
+    async def get(self, prediction_id: str) -> Prediction:
+        return await self.inner.get(prediction_id)
+
+    async def cancel(self, prediction_id: str) -> None:
+        await self.inner.cancel(prediction_id)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_submission_rolled_back_after_the_create_makes_no_duplicate(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    original = cloud.deps.provider
+    lossy = LoseFirstAnswer(original)
+    cloud.deps.provider = lossy
+    try:
+        result = await generate(cloud, duration=10)
+    finally:
+        cloud.deps.provider = original
+    assert result["status"] == "completed", result["error"]
+    assert lossy.retries[0] is False and True in lossy.retries  # the redelivery looked first
+    created = created_for(replicate, result["generation_id"])
+    assert sorted(p["id"] for p in created) == sorted(c["prediction_id"] for c in result["clips"])
 
 
 async def test_webhook_delivered_twice_is_handled_once(

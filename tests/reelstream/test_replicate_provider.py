@@ -186,3 +186,16 @@ async def test_unreachable_replicate_is_unavailable() -> None:
 def test_model_must_be_owner_and_name() -> None:
     with pytest.raises(ValueError, match="owner/name"):
         ReplicateVideoProvider(api_token="r8", model="wan-2.2")
+
+
+async def test_a_retried_submission_adopts_what_an_earlier_try_created(
+    fake: FakeReplicate, provider: ReplicateVideoProvider
+) -> None:
+    # As after a crash between Replicate's answer and our commit: the same marker comes again.
+    first = await create(provider)
+    mark = marker(GEN, "clip_00", 1)
+    again = await provider.create(
+        spec(0), webhook_url=webhook_url("https://reel.example", mark), marker=mark, retry=True
+    )
+    assert again == first
+    assert list(fake.predictions) == [first]

@@ -27,13 +27,13 @@ class FlakyProvider:
         self._ids: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str) -> str:
+    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
         attempt = int(marker.rsplit(".", 1)[1])
         self.created.append((spec.clip_id, attempt))
         states = [await self.inner.get(pid) for pid in self._ids]
         self.running_at_create.append(sum(not p.terminal for p in states))
         if (spec.clip_id, attempt) not in self.fail:
-            prediction_id = await self.inner.create(spec, webhook_url=webhook_url, marker=marker)
+            prediction_id = await self.inner.create(spec, webhook_url=webhook_url, marker=marker, retry=retry)
             self._ids.append(prediction_id)
             return prediction_id
         prediction_id = f"fl_{spec.clip_id}_{attempt}_{marker[4:12]}"
