@@ -191,6 +191,15 @@ async def test_generation_completes_on_replicate_with_files_in_s3(
         async with session.get(location) as resp:
             assert resp.status == 200
             (tmp_path / "final.mp4").write_bytes(await resp.read())
+        clip_route = f"{cloud.url}/api/v1/generations/{generation_id}/clips/{clips[0]['clip_id']}/video"
+        async with session.get(clip_route, allow_redirects=False) as resp:
+            assert resp.status == 302
+            clip_location = resp.headers["Location"]
+        async with session.get(clip_location) as resp:
+            assert resp.status == 200
+            (tmp_path / "clip.mp4").write_bytes(await resp.read())
+    with av.open(str(tmp_path / "clip.mp4")) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
     with av.open(str(tmp_path / "final.mp4")) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
