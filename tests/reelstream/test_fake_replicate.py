@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import loopback
 import pydantic.v1
 import pytest
 from aiohttp import web
@@ -65,12 +66,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     hook = Receiver()
     app = web.Application()
     app.router.add_post("/hook", hook.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    assert site._server is not None
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    runner, port = await loopback.serve(app)
     hook.url = f"http://127.0.0.1:{port}/hook"
     try:
         yield hook

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import imageio_ffmpeg
+import loopback
 import pytest
 import pytest_asyncio
 from aiobotocore.config import AioConfig
@@ -83,11 +84,7 @@ async def origin() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
     app = web.Application()
     app.router.add_get("/f/{name}", serve)
     app.router.add_get("/redirect", redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await loopback.serve(app)
     yield f"http://127.0.0.1:{port}", bodies
     await runner.cleanup()
 

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import loopback
 from aiohttp import web
 
 VALID_RESULT: dict[str, Any] = {
@@ -107,13 +108,7 @@ class FakeOpenAI:
     async def start(self) -> "FakeOpenAI":
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await loopback.serve(app)
         return self
 
     async def stop(self) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import loopback
 from aiohttp import web
 
 from reelstream.media import render_clip
@@ -423,13 +424,7 @@ class FakeReplicate:
         app.router.add_get("/v1/webhooks/default/secret", self._secret)
         app.router.add_get("/files/{id}.mp4", self._file)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await loopback.serve(app, shutdown_timeout=1.0)
         return self
 
     async def stop(self) -> None:
