@@ -333,6 +333,24 @@ async def test_lost_webhooks_are_completed_by_polling(cloud: Stack, replicate: F
     assert all(c["status"] == "succeeded" and c["attempts"] == 1 for c in result["clips"])
 
 
+async def test_a_long_prediction_is_polled_again_until_it_ends(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    replicate.drop_webhooks = True
+    replicate.hold_predictions = True
+    generation_id = await submit(cloud, duration=5)
+    # The poll finds the predictions running: the clips show it.
+    await wait_for(
+        cloud,
+        generation_id,
+        until=lambda d: d["clips"] and all(c["status"] == "processing" for c in d["clips"]),
+    )
+    replicate.release()
+    result = await wait_for(cloud, generation_id)  # a later poll finds them finished
+    assert result["status"] == "completed", result["error"]
+    assert replicate.webhook_deliveries == []
+
+
 async def test_forged_or_stale_signatures_are_refused(cloud: Stack, replicate: FakeReplicate) -> None:
     body = b'{"id": "forged", "status": "succeeded", "output": "https://evil.example/x.mp4"}'
     url = f"{cloud.url}/api/v1/webhooks/replicate"

@@ -354,3 +354,44 @@ def _with_port(url: str, port: int) -> str:
     host = netloc[-1].split(":")[0]
     new = f"{host}:{port}" if len(netloc) == 1 else f"{netloc[0]}@{host}:{port}"
     return urlunsplit(parts._replace(netloc=new))
+
+
+async def test_sweeps_run_on_their_timer_survive_a_failed_round_and_stop_with_the_stage(
+    kafka_bootstrap: str, pg: asyncpg.Pool, topics: tuple[str, str, str]
+) -> None:
+    from reelstream.runtime import Sweep, Sweeper
+
+    in_topic, out_topic, group = topics
+    rounds: list[str] = []
+    third = asyncio.Event()
+
+    async def sweep(sweeper: Sweeper) -> None:
+        rounds.append(sweeper.stage)
+        if len(rounds) >= 3:
+            third.set()
+        if len(rounds) == 1:
+            raise RuntimeError("a crashed round")  # logged; the next round still comes
+        await sweeper.publish(
+            out_topic, Item(generation_id="k", n=len(rounds)), subject="k", event_id=f"sweep-{group}"
+        )
+
+    stage = make_stage(group, in_topic, out_topic, 0.0)
+    stage.sweeps = [Sweep(name="tick", run=sweep, every=lambda _deps: 0.1)]
+    producer = Producer(kafka_bootstrap)
+    await producer.start()
+    runner = StageRunner(
+        stage, pg, producer, RuntimeConfig(bootstrap=kafka_bootstrap, session_timeout_ms=2000)
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await asyncio.wait_for(third.wait(), 60)
+    finally:
+        runner.stop()
+        await task
+        await producer.stop()
+    after_stop = len(rounds)
+    await asyncio.sleep(0.5)
+    assert len(rounds) == after_stop  # stopped with the stage
+    assert set(rounds) == {group}
+    published = await read_topic(kafka_bootstrap, out_topic, 2)
+    assert {json.loads(v)["id"] for _, v, _ in published if v} == {f"sweep-{group}"}
