@@ -3,7 +3,8 @@
 What the client does not do for us, and why it matters here:
 
 * It never retries a POST. A throttled create (429) waits as long as ``Retry-After`` says, then tries
-  again; the wait is capped so a handler never sleeps for minutes.
+  again; the wait is capped (``max_wait``, 20 s) because the handler holds a database transaction
+  meanwhile: past the cap the stage runtime retries the event with its own backoff.
 * It sends creates with no timeout at all. We bound them, and a create whose answer never came may
   still have started a paid prediction: before trying again we list recent predictions and adopt the
   one whose webhook URL carries our marker (or, where the listing omits webhooks, whose input is ours).
@@ -74,7 +75,7 @@ class ReplicateVideoProvider:
         base_url: str | None = None,
         timeout: float = 30.0,
         create_attempts: int = 4,
-        max_wait: float = 60.0,
+        max_wait: float = 20.0,
     ) -> None:
         owner, _, model_name = model.partition("/")
         if not owner or not model_name or "/" in model_name or ":" in model_name:
