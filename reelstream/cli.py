@@ -41,6 +41,11 @@ def serve() -> None:
     """The whole stack in the foreground (broker, Postgres, stages, gateway) until Ctrl-C or SIGTERM."""
     settings = Settings()
     service.log_setup(settings.log_level)
+    if not _port_free(settings.http_host, settings.http_port):
+        raise typer.BadParameter(
+            f"{settings.http_host}:{settings.http_port} is already in use; set REELSTREAM_HTTP_PORT"
+            " (is another `reelstream serve` running?)"
+        )
     asyncio.run(_serve(settings))
 
 
@@ -61,13 +66,8 @@ async def _serve(settings: Settings, *, demo_prompt: str | None = None, out: Pat
         assert settings.kafka_bootstrap and settings.database_url
         print(f"kafka bootstrap: {settings.kafka_bootstrap}", flush=True)
         pool, producer, deps = await stack.enter_async_context(service.infrastructure(settings))
-        gateway_ready = asyncio.Event()
-        gateway_task = asyncio.create_task(
-            service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop)
-        )
 
         async def on_ready() -> None:
-            await gateway_ready.wait()
             embedded.write_stack_file(
                 settings.data_dir,
                 settings.kafka_bootstrap or "",
@@ -80,19 +80,9 @@ async def _serve(settings: Settings, *, demo_prompt: str | None = None, out: Pat
                 stack.push_async_callback(_cancel, demo_task)
 
         stack.callback(embedded.remove_stack_file, settings.data_dir)
-        try:
-            await service.run_stages(
-                service.STAGE_NAMES,
-                settings,
-                pool=pool,
-                producer=producer,
-                deps=deps,
-                stop=stop,
-                on_ready=on_ready,
-            )
-        finally:
-            stop.set()
-            await gateway_task
+        await service.run_everything(
+            settings, pool=pool, producer=producer, deps=deps, stop=stop, on_ready=on_ready
+        )
         if demo_prompt is not None:
             exit_code = _DEMO_RESULT.get("code", 1)
     return exit_code

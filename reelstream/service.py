@@ -63,8 +63,6 @@ def build_storage(settings: Settings) -> Storage:
     """
     allow_private = settings.storage_allow_private_urls or settings.replicate_api_token is None
     if settings.s3_bucket:
-        from reelstream.s3 import S3Storage
-
         return S3Storage(
             settings.s3_bucket,
             settings.s3_endpoint_url,
@@ -236,6 +234,43 @@ async def run_gateway_task(
     await gateway_app.run_gateway(
         gateway_deps, host=settings.http_host, port=settings.http_port, ready=ready, stop=stop
     )
+
+
+async def run_everything(
+    settings: Settings,
+    *,
+    pool: asyncpg.Pool,
+    producer: kafka.Producer,
+    deps: Deps,
+    stop: asyncio.Event,
+    on_ready: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """The gateway and every stage in this process until ``stop`` (``serve``, ``demo``, e2e tests).
+
+    ``on_ready`` runs once the gateway answers and every stage has its partitions; a gateway that dies
+    starting (say, its port is taken) fails this call instead of leaving it waiting.
+    """
+    gateway_ready = asyncio.Event()
+    gateway = asyncio.create_task(run_gateway_task(settings, pool, producer, deps, gateway_ready, stop))
+
+    async def all_ready() -> None:
+        ready = asyncio.create_task(gateway_ready.wait())
+        await asyncio.wait([ready, gateway], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if gateway.done():
+            gateway.result()  # raises what stopped it, if anything did
+            stop.set()  # it returned: we were stopped while starting
+            return
+        if on_ready is not None:
+            await on_ready()
+
+    try:
+        await run_stages(
+            STAGE_NAMES, settings, pool=pool, producer=producer, deps=deps, stop=stop, on_ready=all_ready
+        )
+    finally:
+        stop.set()
+        await gateway
 
 
 @asynccontextmanager

@@ -39,32 +39,27 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
     """Every stage and the gateway in this process, ready to take requests, stopped on exit."""
     async with service.infrastructure(settings) as (pool, producer, deps):
         stop = asyncio.Event()
-        gateway_ready = asyncio.Event()
-        gateway = asyncio.create_task(
-            service.run_gateway_task(settings, pool, producer, deps, gateway_ready, stop)
-        )
-        stages_ready = asyncio.Event()
+        ready = asyncio.Event()
 
         async def on_ready() -> None:
-            stages_ready.set()
+            ready.set()
 
-        stages = asyncio.create_task(
-            service.run_stages(
-                service.STAGE_NAMES,
-                settings,
-                pool=pool,
-                producer=producer,
-                deps=deps,
-                stop=stop,
-                on_ready=on_ready,
+        everything = asyncio.create_task(
+            service.run_everything(
+                settings, pool=pool, producer=producer, deps=deps, stop=stop, on_ready=on_ready
             )
         )
         try:
-            await asyncio.wait_for(asyncio.gather(gateway_ready.wait(), stages_ready.wait()), 90)
+            waiting = asyncio.create_task(ready.wait())
+            await asyncio.wait([waiting, everything], timeout=90, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            if everything.done():
+                everything.result()  # raises what stopped the stack while starting
+            assert ready.is_set(), "the stack did not become ready in 90 s"
             yield Stack(settings, settings.gateway_url, deps)
         finally:
             stop.set()
-            await asyncio.gather(stages, gateway, return_exceptions=True)
+            await asyncio.gather(everything, return_exceptions=True)
 
 
 @pytest.fixture(scope="module")

@@ -163,3 +163,18 @@ async def test_serve_starts_prints_ready_and_stops_cleanly_on_sigterm(tmp_path: 
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True
     ).stdout.split()
     assert postgres_pids == [], "an embedded process outlived serve"
+
+
+def test_serve_on_a_taken_port_says_so_without_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = clean_env(REELSTREAM_DATA_DIR=str(tmp_path), REELSTREAM_HTTP_PORT=str(port))
+        result = subprocess.run([str(BIN), "serve"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "already in use" in result.stderr and "REELSTREAM_HTTP_PORT" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "stack.json").exists()
