@@ -395,10 +395,11 @@ class StageRunner:
     ) -> tuple[list[tuple[str, CloudEvent]], bool]:
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await conn.fetchval(
-                "INSERT INTO processed_events (consumer, event_id, emitted) VALUES ($1, $2, '[]'::jsonb)"
-                " ON CONFLICT DO NOTHING RETURNING true",
+                "INSERT INTO processed_events (consumer, event_id, emitted, generation_id)"
+                " VALUES ($1, $2, '[]'::jsonb, $3) ON CONFLICT DO NOTHING RETURNING true",
                 self.stage.name,
                 event.id,
+                event.subject,
             )
             if not fresh:
                 stored = await conn.fetchval(
