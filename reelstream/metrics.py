@@ -25,3 +25,8 @@ PREDICTIONS_POLLED = Counter(
 PROVIDER_CALLS = Counter(
     "reelstream_provider_calls_total", "Calls to the video provider", ["provider", "call", "outcome"]
 )
+RECONCILER_ACTIONS = Counter(
+    "reelstream_reconciler_actions_total",
+    "What the sweeps that drive work on from Postgres did, by action",
+    ["action"],
+)

@@ -1,29 +1,44 @@
 """The stage runtime: one aiokafka consumer loop, written once, that every stage runs.
 
+A stage is "take this event, decide, record, emit". Its work comes in two phases:
+
+* ``prepare`` (optional) does the outside work: provider calls, the language model, downloads, FFmpeg.
+  It runs with no transaction open and no pooled connection held (it may take short transactions of
+  its own through ``ctx.transaction()``: claim, commit, call, record), so a slow provider never holds a
+  row lock or starves the pool. It must be safe to repeat: after a crash it runs again.
+* ``handler`` records the outcome: it runs inside one Postgres transaction together with a
+  ``processed_events`` row for (stage, event id) and may only talk to Postgres.
+
 Guarantees, in the order a message meets them:
 
 * A message that does not decode or validate goes to ``<topic>.dlq`` with the error and its original
-  bytes; the stage goes on.
-* The handler runs inside one Postgres transaction together with a ``processed_events`` row for
-  (stage, event id). A redelivered event finds that row and re-emits what was emitted the first time
-  instead of redoing its side effects: at-least-once delivery made effectively-once.
-* Emitted events get ids derived from the input event, so downstream consumers deduplicate them too.
+  bytes, and so does an event whose handling keeps failing; the generation it belongs to then ends
+  ``failed`` (code ``internal``, naming the stage) rather than hanging. The stage goes on.
+* An event already handled (its ``processed_events`` row exists) is not handled again: what it emitted
+  the first time is re-emitted instead. At-least-once delivery made effectively-once.
+* Emitted events get ids derived from the input event and the topic, so a repeat emits the very same
+  ids and downstream consumers deduplicate them too.
 * The offset is committed only after the transaction committed and every emitted event was acknowledged
   (acks=all). Offsets are committed up to the first message still in flight, per partition.
 * Messages with the same key (generation id) are handled one after another, in order; different keys run
   concurrently up to ``concurrency``, so one slow generation never stalls the others.
-* Transient failures (database or broker unreachable) are retried with capped backoff, without
-  committing and without giving up the partition; the consumer keeps polling so the group keeps it.
+* Transient failures (database, broker or provider unreachable) are retried with capped backoff for at
+  most ``transient_budget`` seconds, then the event is dead-lettered (above). A waiting retry holds no
+  concurrency slot, and backpressure pauses only the partitions that reached ``max_in_flight``
+  unfinished messages: one stuck event never stalls the stage.
 * On stop (SIGTERM) fetching stops, in-flight work gets a grace period, what finished is committed, and
-  the consumer leaves the group.
+  the consumer leaves the group. What did not finish is redelivered, or re-driven from Postgres by the
+  reconciler.
 """
 
 import asyncio
 import logging
 import random
+import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -33,24 +48,27 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel, ValidationError
 
-from reelstream import metrics
+from reelstream import metrics, status
 from reelstream.events import decode, derive_id, make_event
 from reelstream.kafka import Producer
 from schemas import topics as topic_names
+from schemas.api import ErrorInfo
 from schemas.envelope import CloudEvent
-from schemas.events import PAYLOADS
+from schemas.events import PAYLOADS, GenerationFailed
 
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=BaseModel)
 
+_GENERATION_ID = re.compile(r"gen_[0-9a-f]{32}")
+
 
 class TransientError(Exception):
-    """Raised by a handler when a dependency is unavailable: the event is retried, never dead-lettered."""
+    """Raised when a dependency is unavailable: the event is retried (within the transient budget)."""
 
 
 class PermanentError(Exception):
-    """Raised by a handler for an event that can never succeed: it goes to the DLQ at once."""
+    """Raised for an event that can never succeed: it goes to the DLQ at once."""
 
 
 TRANSIENT: tuple[type[BaseException], ...] = (
@@ -70,33 +88,78 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 @dataclass
 class Context(Generic[E]):
-    """What a handler gets: the event, its payload, and a connection inside the handler's transaction."""
+    """What ``prepare`` and the handler get: the event, its payload, the pool, and what to emit.
+
+    ``conn`` is the handler's transaction and exists only while the handler runs; ``prepare`` takes
+    short transactions of its own with :meth:`transaction` and holds no connection across a call out.
+    """
 
     stage: str
     event: CloudEvent
     data: E
-    conn: asyncpg.Connection
+    pool: asyncpg.Pool
     deps: Any
+    producer: Producer
     emitted: list[tuple[str, CloudEvent]] = field(default_factory=list)
+    #: What ``prepare`` returned, for the handler to record.
+    prepared: Any = None
+    #: Calls out the handler asked for, run once its transaction committed (see :meth:`after_commit`).
+    after: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _conn: asyncpg.Connection | None = None
+    _sent: int = 0
 
     @property
     def generation_id(self) -> str:
         return self.event.subject
 
-    def emit(self, topic: str, data: BaseModel, *, subject: str | None = None) -> CloudEvent:
-        """Queue an event; it is sent after the transaction commits, with an id derived from the input."""
+    @property
+    def conn(self) -> asyncpg.Connection:
+        if self._conn is None:
+            raise RuntimeError("ctx.conn exists only in the handler; prepare uses ctx.transaction()")
+        return self._conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A short transaction of its own (committed on exit): for ``prepare``'s claim and record steps."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    def emit(
+        self, topic: str, data: BaseModel, *, subject: str | None = None, event_id: str | None = None
+    ) -> CloudEvent:
+        """Queue an event; it is sent after the handler's transaction commits.
+
+        Its id is derived from the input event, the stage, the topic and how many events this handling
+        emitted to that topic before: a repeat of the handling emits the same ids. ``event_id`` names
+        a fact that other paths may report too (it must be deterministic as well).
+        """
+        n = sum(1 for t, _ in self.emitted if t == topic)
         event = make_event(
             topic,
             data,
             source=f"/reelstream/stages/{self.stage}",
             subject=subject or self.event.subject,
-            event_id=derive_id(self.event.id, self.stage, str(len(self.emitted))),
+            event_id=event_id or derive_id(self.event.id, self.stage, topic, str(n)),
         )
         self.emitted.append((topic, event))
         return event
 
+    def after_commit(self, call: Callable[[], Awaitable[None]]) -> None:
+        """Call out once the handler's transaction committed and its events were sent: best effort
+        follow-up (e.g. canceling predictions of a generation that just failed), never inside the
+        transaction. A failure is logged; whatever must happen for sure needs a sweep as well."""
+        self.after.append(call)
+
+    async def flush(self) -> None:
+        """Send what was emitted so far right now, e.g. a status change before a long call out."""
+        pending = self.emitted[self._sent :]
+        if pending:
+            await self.producer.send_many(pending)
+        self._sent = len(self.emitted)
+
 
 Handler = Callable[[Context[Any]], Awaitable[None]]
+Prepare = Callable[[Context[Any]], Awaitable[Any]]
 
 
 @dataclass
@@ -132,25 +195,32 @@ class Sweep:
 
 @dataclass
 class Stage:
-    """A consumer group named ``name`` that handles the events of ``topics`` with ``handler``."""
+    """A consumer group named ``name`` that handles the events of ``topics``.
+
+    ``prepare`` (optional) does the event's outside work with no transaction open; ``handler`` records
+    the outcome inside the handling transaction (see the module docstring).
+    """
 
     name: str
     topics: list[str]
     handler: Handler
     payloads: Mapping[str, type[BaseModel]] = field(default_factory=lambda: dict(PAYLOADS))
     sweeps: list[Sweep] = field(default_factory=list)
+    prepare: Prepare | None = None
 
 
 @dataclass
 class RuntimeConfig:
     bootstrap: str
     concurrency: int = 16
-    #: Fetched but unfinished messages, at most: bounds memory and the work a shutdown must finish.
-    max_in_flight: int = 128
+    #: Unfinished messages per partition, at most; a partition at the limit is paused until one ends.
+    max_in_flight: int = 64
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_backoff: float = 5.0
     permanent_attempts: int = 3
+    #: Seconds an event may keep failing transiently before it is dead-lettered.
+    transient_budget: float = 300.0
     shutdown_grace: float = 10.0
 
 
@@ -207,8 +277,7 @@ class StageRunner:
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure(consumer)
-                room = max(1, self.config.max_in_flight - self._in_flight())
-                batch = await consumer.getmany(timeout_ms=200, max_records=min(500, room))
+                batch = await consumer.getmany(timeout_ms=200, max_records=min(500, cfg.max_in_flight))
                 if consumer.assignment():
                     self.ready.set()
                 for tp, records in batch.items():
@@ -244,15 +313,19 @@ class StageRunner:
                 log.exception("sweep %s/%s crashed, next round in %.1fs", self.stage.name, sweep.name, every)
 
     # -- dispatch and ordering ---------------------------------------------------------------
-    def _in_flight(self) -> int:
-        return sum(len(q) for q in self._pending.values())
+    def _unfinished(self, tp: TopicPartition) -> int:
+        """Messages of ``tp`` still being handled; finished ones waiting for their commit do not count."""
+        return sum(1 for entry in self._pending.get(tp, ()) if not entry.done)
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
-        assigned = consumer.assignment()
-        if self._in_flight() >= self.config.max_in_flight:
-            consumer.pause(*assigned)
-        elif consumer.paused():
-            consumer.resume(*consumer.paused())
+        """Pause exactly the partitions at their in-flight limit; resume them once they have room."""
+        paused = consumer.paused()
+        for tp in consumer.assignment():
+            full = self._unfinished(tp) >= self.config.max_in_flight
+            if full and tp not in paused:
+                consumer.pause(tp)
+            elif not full and tp in paused:
+                consumer.resume(tp)
 
     def _dispatch(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         entry = _InFlight(record.offset)
@@ -281,11 +354,10 @@ class StageRunner:
             await asyncio.wait([previous])
             if previous.cancelled():
                 return  # the chain was abandoned (revoked or stopping); this event is redelivered later
-        async with self._semaphore:
-            try:
-                await self._process(tp, record)
-            except _Stopping:
-                return
+        try:
+            await self._process(tp, record)
+        except _Stopping:
+            return
         entry.done = True
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
@@ -344,25 +416,34 @@ class StageRunner:
     async def _handle_with_retries(
         self, record: ConsumerRecord[bytes, bytes], event: CloudEvent, data: BaseModel
     ) -> str:
-        failures = 0
+        transient = 0
+        first_transient = 0.0
         permanent = 0
         while True:
             try:
-                emitted, duplicate = await self._handle_once(event, data)
+                async with self._semaphore:  # held while working, never while waiting to retry
+                    emitted, duplicate, after = await self._handle_once(event, data)
                 await self._send_with_retries(emitted)
+                await self._follow_up(event, after)
                 return "duplicate" if duplicate else "handled"
             except PermanentError as exc:
-                await self._dead_letter(record, exc)
+                await self._dead_letter(record, exc, event)
                 return "dead_lettered"
             except TRANSIENT as exc:
-                failures += 1
-                delay = self._backoff(failures)
+                transient += 1
+                now = time.monotonic()
+                first_transient = first_transient or now
+                if now - first_transient >= self.config.transient_budget:
+                    reason = f"still failing after {transient} tries in {now - first_transient:.0f}s: {exc}"
+                    await self._dead_letter(record, TransientError(reason), event)
+                    return "dead_lettered"
+                delay = self._backoff(transient)
                 log.warning(
                     "stage %s: transient failure on %s (generation %s), retry %d in %.1fs: %r",
                     self.stage.name,
                     event.id,
                     event.subject,
-                    failures,
+                    transient,
                     delay,
                     exc,
                 )
@@ -372,7 +453,7 @@ class StageRunner:
                 permanent += 1
                 if permanent >= self.config.permanent_attempts:
                     log.exception("stage %s: event %s failed %d times", self.stage.name, event.id, permanent)
-                    await self._dead_letter(record, exc)
+                    await self._dead_letter(record, exc, event)
                     return "dead_lettered"
                 log.warning("stage %s: error on %s, retrying: %r", self.stage.name, event.id, exc)
                 await self._sleep_unless_stopping(self._backoff(permanent))
@@ -392,7 +473,17 @@ class StageRunner:
 
     async def _handle_once(
         self, event: CloudEvent, data: BaseModel
-    ) -> tuple[list[tuple[str, CloudEvent]], bool]:
+    ) -> tuple[list[tuple[str, CloudEvent]], bool, list[Callable[[], Awaitable[None]]]]:
+        """Prepare (no transaction), then record in one transaction with the ``processed_events`` row.
+
+        Returns what to send, whether the event was a repeat, and the handler's after-commit calls.
+        """
+        ctx: Context[Any] = Context(self.stage.name, event, data, self.pool, self.deps, self.producer)
+        if self.stage.prepare is not None:
+            stored = await self._stored(self.pool, event.id)
+            if stored is not None:
+                return stored, True, []
+            ctx.prepared = await self.stage.prepare(ctx)
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await conn.fetchval(
                 "INSERT INTO processed_events (consumer, event_id, emitted, generation_id)"
@@ -402,21 +493,39 @@ class StageRunner:
                 event.subject,
             )
             if not fresh:
-                stored = await conn.fetchval(
-                    "SELECT emitted FROM processed_events WHERE consumer = $1 AND event_id = $2",
-                    self.stage.name,
-                    event.id,
-                )
-                return [(item["topic"], CloudEvent.model_validate(item["event"])) for item in stored], True
-            ctx: Context[Any] = Context(self.stage.name, event, data, conn, self.deps)
-            await self.stage.handler(ctx)
+                return await self._stored(conn, event.id) or [], True, []
+            ctx._conn = conn
+            try:
+                await self.stage.handler(ctx)
+            finally:
+                ctx._conn = None
             await conn.execute(
                 "UPDATE processed_events SET emitted = $3 WHERE consumer = $1 AND event_id = $2",
                 self.stage.name,
                 event.id,
                 [{"topic": t, "event": e.model_dump(mode="json")} for t, e in ctx.emitted],
             )
-            return ctx.emitted, False
+        return ctx.emitted[ctx._sent :], False, ctx.after
+
+    async def _follow_up(self, event: CloudEvent, calls: list[Callable[[], Awaitable[None]]]) -> None:
+        for call in calls:
+            try:
+                await call()
+            except Exception as exc:
+                log.warning("stage %s: follow-up of %s failed: %r", self.stage.name, event.id, exc)
+
+    async def _stored(
+        self, conn: asyncpg.Pool | asyncpg.Connection, event_id: str
+    ) -> list[tuple[str, CloudEvent]] | None:
+        """What this stage emitted when it handled ``event_id``, or None if it has not handled it."""
+        stored = await conn.fetchval(
+            "SELECT emitted FROM processed_events WHERE consumer = $1 AND event_id = $2",
+            self.stage.name,
+            event_id,
+        )
+        if stored is None:
+            return None
+        return [(item["topic"], CloudEvent.model_validate(item["event"])) for item in stored]
 
     async def _send_with_retries(self, emitted: list[tuple[str, CloudEvent]]) -> None:
         failures = 0
@@ -429,13 +538,18 @@ class StageRunner:
                 log.warning("stage %s: emit failed (%r), retrying", self.stage.name, exc)
                 await self._sleep_unless_stopping(self._backoff(failures))
 
-    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> None:
+    # -- dead letters ----------------------------------------------------------------------------
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], exc: BaseException, event: CloudEvent | None = None
+    ) -> None:
+        generation_id = _generation_of(record, event)
         log.error(
-            "stage %s: %s[%d]@%d to DLQ: %s",
+            "stage %s: %s[%d]@%d (generation %s) to DLQ: %s",
             self.stage.name,
             record.topic,
             record.partition,
             record.offset,
+            generation_id,
             exc,
         )
         headers = [
@@ -453,10 +567,65 @@ class StageRunner:
                     topic_names.dlq(record.topic), record.value, key=record.key, headers=headers
                 )
                 metrics.DEAD_LETTERED.labels(self.stage.name, record.topic).inc()
-                return
+                break
             except KafkaError:
                 failures += 1
                 await self._sleep_unless_stopping(self._backoff(failures))
+        if generation_id is not None:
+            origin = event.id if event is not None else f"{record.topic}/{record.partition}/{record.offset}"
+            await self._fail_generation(generation_id, origin, exc)
+
+    async def _fail_generation(self, generation_id: str, origin: str, exc: BaseException) -> None:
+        """End the dead letter's generation ``failed`` (code ``internal``) instead of leaving it hanging.
+
+        If Postgres is what failed, this cannot be written now: the generation stays as it is and the
+        reconciler drives it on (or fails it) once the database answers again.
+        """
+        error = ErrorInfo(
+            code="internal",
+            message=f"the {self.stage.name} stage could not handle this generation: {exc}"[:500],
+            stage=self.stage.name,
+        )
+        collected: list[tuple[str, BaseModel]] = []
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                failed = await status.set_status(
+                    conn,
+                    generation_id,
+                    "failed",
+                    emit=lambda topic, data, **_: collected.append((topic, data)),
+                    error=error.model_dump(),
+                )
+        except TRANSIENT as db_exc:
+            log.warning("%s: could not record its failure (%r); the reconciler will", generation_id, db_exc)
+            return
+        if not failed:
+            return  # already ended
+        collected.append(
+            (topic_names.GENERATION_FAILED, GenerationFailed(generation_id=generation_id, error=error))
+        )
+        events = [
+            (
+                topic,
+                make_event(
+                    topic,
+                    data,
+                    source=f"/reelstream/stages/{self.stage.name}",
+                    subject=generation_id,
+                    event_id=derive_id(origin, self.stage.name, "dead-letter", topic),
+                ),
+            )
+            for topic, data in collected
+        ]
+        metrics.GENERATIONS.labels("failed").inc()
+        log.error("%s failed: %s", generation_id, error.message)
+        await self._send_with_retries(events)
+
+
+def _generation_of(record: ConsumerRecord[bytes, bytes], event: CloudEvent | None) -> str | None:
+    """The generation a message belongs to: the event's subject, else its key (both are the id)."""
+    candidate = event.subject if event is not None else (record.key or b"").decode(errors="replace")
+    return candidate if _GENERATION_ID.fullmatch(candidate) else None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -4,15 +4,17 @@ Every stage moves the status through here, so the rule "statuses only move forwa
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from reelstream.events import now
-from reelstream.runtime import Context
 from schemas import topics
 from schemas.api import STATUS_ORDER, TERMINAL, ErrorInfo, Progress
 from schemas.events import GenerationFailed, GenerationStatusChanged
+
+if TYPE_CHECKING:  # the runtime imports this module to fail dead-lettered generations
+    from reelstream.runtime import Context
 
 #: Rough share of the work done when a generation enters each status; generating spans 25..85 by clips.
 _PERCENT = {"queued": 0, "analyzing": 5, "planning": 15, "prompting": 20, "generating": 25, "assembling": 90}
@@ -57,7 +59,7 @@ async def current(conn: asyncpg.Connection, generation_id: str) -> str | None:
     return value
 
 
-async def advance(ctx: Context[Any], status: str, **columns: Any) -> bool:
+async def advance(ctx: "Context[Any]", status: str, **columns: Any) -> bool:
     """Move the generation forward to ``status`` (never backward, never out of a terminal status).
 
     Extra ``columns`` (e.g. ``analysis=...``) are written in the same statement. Returns False when the
@@ -100,7 +102,7 @@ async def set_status(
     return True
 
 
-async def announce_progress(ctx: Context[Any]) -> None:
+async def announce_progress(ctx: "Context[Any]") -> None:
     """Re-announce the current status with fresh progress (e.g. after a clip completed)."""
     status = await current(ctx.conn, ctx.generation_id)
     if status is None:
@@ -116,7 +118,7 @@ async def announce_progress(ctx: Context[Any]) -> None:
     )
 
 
-async def fail(ctx: Context[Any], code: str, message: str) -> bool:
+async def fail(ctx: "Context[Any]", code: str, message: str) -> bool:
     """End the generation as failed and emit ``generation.failed`` (once: a second failure is a no-op)."""
     error = ErrorInfo(code=code, message=message, stage=ctx.stage)
     if not await advance(ctx, "failed", error=error.model_dump()):

@@ -24,7 +24,15 @@ _KEY_RE = re.compile(r"^generations/gen_[0-9a-f]{32}/(clips/clip_[0-9]{2,3}\.mp4
 
 
 class StorageError(Exception):
-    pass
+    """A fetch or store that failed for good: refused URL, 4xx, too large, not a video."""
+
+
+class TransientStorageError(StorageError):
+    """A fetch that may work if tried again: the host answered 5xx/429/408 or did not resolve."""
+
+
+#: Statuses of an output host that say "try again later" rather than "no".
+_RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 def clip_key(generation_id: str, clip_id: str) -> str:
@@ -131,7 +139,7 @@ async def check_url(url: str, *, allow_private: bool) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot resolve {parts.hostname!r}: {exc}") from exc
+        raise TransientStorageError(f"cannot resolve {parts.hostname!r}: {exc}") from exc
     if not infos or any(_forbidden(str(info[4][0])) for info in infos):
         raise StorageError(f"refusing to fetch {parts.hostname!r}: it resolves to a non-public address")
 
@@ -160,7 +168,8 @@ async def open_url(url: str, *, allow_private: bool) -> AsyncIterator[aiohttp.Cl
                     url = urljoin(url, resp.headers["Location"])
                     continue
                 if resp.status != 200:
-                    raise StorageError(f"GET {url} answered {resp.status}")
+                    kind = TransientStorageError if resp.status in _RETRYABLE_STATUSES else StorageError
+                    raise kind(f"GET {url} answered {resp.status}")
                 yield resp
                 return
         raise StorageError(f"too many redirects fetching {url}")

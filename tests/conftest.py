@@ -4,7 +4,8 @@
   with ``REELSTREAM_TEST_DOCKER=1`` and a reachable Docker engine, a testcontainers Kafka instead.
 * ``database_url``: a fresh database ``reelstream_test_<hex>`` on the local Postgres (127.0.0.1:5432, or
   the server ``REELSTREAM_TEST_PG`` names), dropped at the end; without a local server, an embedded
-  Postgres in a temporary dir. The shared server is never stopped or reconfigured.
+  Postgres in a temporary dir. The shared server is never stopped or reconfigured. ``new_database``
+  makes one more such database: every whole stack gets its own.
 * ``redis_url``: db 13 of the local Redis (flushed), else a throwaway ``redis-server``, else a skip.
 * ``s3_endpoint``: a moto server, with dummy AWS credentials in the environment.
 * ``topic_name``: a unique topic-name prefix per test, so tests never see each other's records.
@@ -20,7 +21,7 @@ import signal
 import tempfile
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -99,40 +100,63 @@ async def _reachable(url: str) -> bool:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def database_url() -> AsyncIterator[str]:
-    """URL of a database created for this session (and dropped after it)."""
+async def pg_server() -> AsyncIterator[str]:
+    """URL of a Postgres server for this session: the local one, or an embedded one on a fresh machine."""
     server_url = os.environ.get("REELSTREAM_TEST_PG")
-    fallback: embedded.Service | None = None
-    fallback_dir: Path | None = None
-    if server_url is None:
-        server_url = LOCAL_PG
+    if server_url is not None:
         if not await _reachable(server_url):
-            # A fresh machine: an embedded cluster in a temporary dir. mkdtemp under /tmp (not pytest's
-            # 0700 tmp tree) keeps the path reachable for the postgres user when the tests run as root.
-            fallback_dir = Path(tempfile.mkdtemp(prefix="reelstream-test-pg-"))
-            fallback_dir.chmod(0o755)
-            fallback = await embedded.start_postgres(fallback_dir)
-            server_url = fallback.url
-    elif not await _reachable(server_url):
-        raise RuntimeError(f"REELSTREAM_TEST_PG={server_url} does not answer")
-    name = f"reelstream_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url, timeout=10.0)
+            raise RuntimeError(f"REELSTREAM_TEST_PG={server_url} does not answer")
+        yield server_url
+        return
+    if await _reachable(LOCAL_PG):
+        yield LOCAL_PG
+        return
+    # A fresh machine: an embedded cluster in a temporary dir. mkdtemp under /tmp (not pytest's 0700
+    # tmp tree) keeps the path reachable for the postgres user when the tests run as root.
+    fallback_dir = Path(tempfile.mkdtemp(prefix="reelstream-test-pg-"))
+    await asyncio.to_thread(fallback_dir.chmod, 0o755)
+    fallback = await embedded.start_postgres(fallback_dir)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield fallback.url
     finally:
-        await admin.close()
-    try:
-        yield _with_database(server_url, name)
-    finally:
-        admin = await asyncpg.connect(server_url, timeout=10.0)
+        await fallback.stop()
+        shutil.rmtree(fallback_dir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def new_database(pg_server: str) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """Make a fresh, empty database ``reelstream_test_<hex>`` (dropped at the end of the session).
+
+    A whole stack needs one of its own: its sweeps drive on every unfinished generation Postgres holds,
+    so a database shared with earlier tests would hand it their leftovers.
+    """
+    created: list[str] = []
+
+    async def make() -> str:
+        name = f"reelstream_test_{uuid.uuid4().hex[:12]}"
+        admin = await asyncpg.connect(pg_server, timeout=10.0)
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{name}"')
         finally:
             await admin.close()
-        if fallback is not None:
-            await fallback.stop()
-        if fallback_dir is not None:
-            shutil.rmtree(fallback_dir, ignore_errors=True)
+        created.append(name)
+        return _with_database(pg_server, name)
+
+    try:
+        yield make
+    finally:
+        admin = await asyncpg.connect(pg_server, timeout=10.0)
+        try:
+            for name in created:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_url(new_database: Callable[[], Awaitable[str]]) -> str:
+    """URL of a database created for this session (and dropped after it), shared by its tests."""
+    return await new_database()
 
 
 # --------------------------------------------------------------------------------------------------

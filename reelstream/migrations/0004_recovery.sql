@@ -7,12 +7,16 @@ CREATE INDEX processed_events_age_idx ON processed_events (processed_at);
 
 -- A submission is an intent first (marker, clip, attempt; committed before the provider is called),
 -- then the prediction the provider returned for it. ``abandoned`` ends an intent that will never be
--- created (its generation ended, or the provider refused it).
+-- created (its generation ended, or the provider refused it). ``tries`` counts creates started (after
+-- the first, a create looks its prediction up by marker first); ``leased_until`` is the claim of the
+-- process creating it now, so a sweep and a handler never create the same intent at once.
 ALTER TABLE submissions ADD COLUMN generation_id text;
 ALTER TABLE submissions ADD COLUMN clip_id text;
 ALTER TABLE submissions ADD COLUMN attempt integer;
 ALTER TABLE submissions ADD COLUMN prediction_id text;
 ALTER TABLE submissions ADD COLUMN abandoned boolean NOT NULL DEFAULT false;
+ALTER TABLE submissions ADD COLUMN tries integer NOT NULL DEFAULT 0;
+ALTER TABLE submissions ADD COLUMN leased_until timestamptz;
 CREATE INDEX submissions_open_idx ON submissions (generation_id)
     WHERE prediction_id IS NULL AND NOT abandoned;
 CREATE INDEX submissions_age_idx ON submissions (created_at);

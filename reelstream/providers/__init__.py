@@ -4,6 +4,7 @@ Both answer through the same signed webhook, so everything downstream of ``creat
 """
 
 import re
+from datetime import datetime
 from typing import Protocol
 
 from reelstream.events import derive_id
@@ -49,12 +50,19 @@ def webhook_url(public_url: str, mark: str) -> str:
 class VideoProvider(Protocol):
     name: str
 
-    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
+    async def create(
+        self, spec: ClipSpec, *, webhook_url: str, marker: str, since: datetime | None = None
+    ) -> str:
         """Start a prediction; returns its id.
 
-        ``retry`` says an earlier try of this very submission (same ``marker``) may have reached the
-        provider before we crashed or lost the answer: look for its prediction before paying for another.
+        ``since`` says an earlier try of this very submission (same ``marker``, recorded as an intent at
+        ``since``) may have reached the provider before we crashed or lost the answer: look for its
+        prediction, made at ``since`` or later, before paying for another.
         """
+        ...
+
+    async def find(self, marker: str, since: datetime) -> str | None:
+        """The prediction a create for ``marker`` made at ``since`` or later, if any (never by input)."""
         ...
 
     async def get(self, prediction_id: str) -> Prediction: ...

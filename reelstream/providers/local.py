@@ -48,14 +48,23 @@ class LocalVideoProvider:
     def _output_url(self, prediction_id: str) -> str:
         return f"{self.public_url}/provider/outputs/{prediction_id}.mp4"
 
-    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
-        # Idempotent per marker by construction: the id is derived from it, so ``retry`` changes nothing.
+    async def create(
+        self, spec: ClipSpec, *, webhook_url: str, marker: str, since: datetime | None = None
+    ) -> str:
+        # Idempotent per marker by construction: the id is derived from it, so ``since`` changes nothing.
         prediction_id = prediction_id_for(marker)
         if prediction_id not in self._tasks:
             self._state[prediction_id] = Prediction(id=prediction_id, status="starting")
             task = asyncio.create_task(self._run(prediction_id, spec, webhook_url))
             self._tasks[prediction_id] = task
         return prediction_id
+
+    async def find(self, marker: str, since: datetime) -> str | None:
+        """A render this process started for ``marker``, or one whose output is on disk."""
+        prediction_id = prediction_id_for(marker)
+        if prediction_id in self._tasks or await asyncio.to_thread(self._output(prediction_id).exists):
+            return prediction_id
+        return None
 
     async def get(self, prediction_id: str) -> Prediction:
         if prediction_id in self._state:

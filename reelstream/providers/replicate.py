@@ -3,11 +3,13 @@
 What the client does not do for us, and why it matters here:
 
 * It never retries a POST. A throttled create (429) waits as long as ``Retry-After`` says, then tries
-  again; the wait is capped (``max_wait``, 20 s) because the handler holds a database transaction
-  meanwhile: past the cap the stage runtime retries the event with its own backoff.
+  again; the wait is capped (``max_wait``, 20 s): past the cap the stage runtime retries the event with
+  its own backoff (no transaction is held meanwhile either way).
 * It sends creates with no timeout at all. We bound them, and a create whose answer never came may
-  still have started a paid prediction: before trying again we list recent predictions and adopt the
-  one whose webhook URL carries our marker (or, where the listing omits webhooks, whose input is ours).
+  still have started a paid prediction: before trying again we list the predictions made since the
+  submission's intent was recorded (every page back to that moment) and adopt the one whose webhook
+  URL carries our marker. Never one whose input merely looks equal: the planner is deterministic, so
+  another generation's prediction can have the very same input.
 * Its ``Prediction`` model rejects the ``aborted`` status, so reads (get, list, cancel) parse raw JSON
   into our own :class:`schemas.events.Prediction`.
 """
@@ -16,6 +18,7 @@ import asyncio
 import logging
 import random
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -29,9 +32,8 @@ from schemas.events import ClipSpec, Prediction
 
 log = logging.getLogger(__name__)
 
-#: How far back a lookup for a lost create looks, and how many pages of the listing it reads.
-_LOOKUP_WINDOW = timedelta(minutes=15)
-_LOOKUP_PAGES = 5
+#: Clock skew allowed between our intent's timestamp and Replicate's ``created_at``.
+_CLOCK_SKEW = timedelta(minutes=2)
 
 
 class Throttled(Exception):
@@ -57,8 +59,6 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        from email.utils import parsedate_to_datetime
-
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
@@ -114,16 +114,18 @@ class ReplicateVideoProvider:
 
     # -- VideoProvider ---------------------------------------------------------------------------
 
-    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
-        if retry:
+    async def create(
+        self, spec: ClipSpec, *, webhook_url: str, marker: str, since: datetime | None = None
+    ) -> str:
+        if since is not None:
             self._uncertain.add(marker)
+        since = since or datetime.now(UTC)
         inputs = await self.build_input(spec)
-        since = datetime.now(UTC) - _LOOKUP_WINDOW
         delay = 1.0
         waited = 0.0
         for attempt in range(1, self.create_attempts + 1):
             if marker in self._uncertain:
-                found = await self._find(marker, inputs, since)
+                found = await self.find(marker, since)
                 if found is not None:
                     log.info("%s: adopted prediction %s from a create whose answer was lost", marker, found)
                     _count("adopted")
@@ -192,23 +194,23 @@ class ReplicateVideoProvider:
 
     # -- lost creates ----------------------------------------------------------------------------
 
-    async def _find(self, marker: str, inputs: dict[str, Any], since: datetime) -> str | None:
-        """The prediction a lost create made, if any: ours carry the marker in their webhook URL."""
+    async def find(self, marker: str, since: datetime) -> str | None:
+        """The prediction a lost create made, if any: ours carry the marker in their webhook URL.
+
+        The listing is newest first; every page is read back to ``since`` (the intent's time, less
+        some clock skew), however busy the account.
+        """
+        oldest = since - _CLOCK_SKEW
         url = "/v1/predictions"
-        for _ in range(_LOOKUP_PAGES):
+        while url:
             page = await self._get_json(url)
             for item in page.get("results") or []:
                 webhook = item.get("webhook")
-                if isinstance(webhook, str):
-                    if f"marker={marker}" in webhook:
-                        return str(item["id"])
-                elif item.get("model") == self.model and item.get("input") == inputs:
+                if isinstance(webhook, str) and webhook.endswith(f"marker={marker}"):
                     return str(item["id"])
-                if _created(item) < since:
-                    return None  # newest first: everything after this is older still
+                if _created(item) < oldest:
+                    return None  # everything after this is older still
             url = page.get("next") or ""
-            if not url:
-                return None
         return None
 
     # -- raw JSON --------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 4
 BASE_DELAY = 0.5
 MAX_DELAY = 8.0
-#: A ``Retry-After`` longer than this is capped (the stage holds a transaction while it waits).
+#: A ``Retry-After`` longer than this is capped: past it the offline analyzer answers instead.
 MAX_RETRY_AFTER = 20.0
 REQUEST_TIMEOUT = 30.0
 MAX_REASON_CHARS = 200
@@ -85,7 +85,7 @@ def cache_key(request: GenerationRequest, model: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def _cached(conn: asyncpg.Connection, key: str) -> Analysis | None:
+async def _cached(conn: asyncpg.Pool | asyncpg.Connection, key: str) -> Analysis | None:
     # ``::text`` both ways: independent of whether the connection has a jsonb codec installed.
     raw = await conn.fetchval("SELECT analysis::text FROM analysis_cache WHERE cache_key = $1", key)
     if raw is None:
@@ -97,7 +97,7 @@ async def _cached(conn: asyncpg.Connection, key: str) -> Analysis | None:
         return None
 
 
-async def _store(conn: asyncpg.Connection, key: str, analysis: Analysis) -> None:
+async def _store(conn: asyncpg.Pool | asyncpg.Connection, key: str, analysis: Analysis) -> None:
     await conn.execute(
         "INSERT INTO analysis_cache (cache_key, analysis) VALUES ($1, $2::text::jsonb)"
         " ON CONFLICT (cache_key) DO NOTHING",
@@ -209,8 +209,13 @@ async def _call_model(client: openai.AsyncOpenAI, model: str, request: Generatio
         return message.parsed
 
 
-async def analyze(request: GenerationRequest, settings: Settings, conn: asyncpg.Connection) -> Analysis:
-    """The analysis of ``request``: by the configured model when there is one, else offline."""
+async def analyze(
+    request: GenerationRequest, settings: Settings, conn: asyncpg.Pool | asyncpg.Connection
+) -> Analysis:
+    """The analysis of ``request``: by the configured model when there is one, else offline.
+
+    Pass the pool, not a connection held across the call: the model may take a while to answer.
+    """
     if settings.openai_api_key is None:
         return analyze_offline(request)
     key = cache_key(request, settings.openai_model)

@@ -1,4 +1,6 @@
-"""Lost webhooks: a prediction that has not reported back in time is asked directly.
+"""The clips stage's sweeps: lost webhooks, stalled submissions, and nothing paid after the end.
+
+Lost webhooks: a prediction that has not reported back in time is asked directly.
 
 Every ``prediction_poll_seconds`` the clips stage claims the outstanding clips whose last news (the
 submission, or the previous poll) is older than that, and asks the provider about each one. A finished
@@ -10,11 +12,16 @@ replicas of the stage never poll the same prediction in the same round.
 import logging
 from typing import Any
 
-from reelstream import metrics
+from pydantic import BaseModel
+
+from reelstream import metrics, outstanding, status
+from reelstream.events import derive_id
 from reelstream.providers import ProviderError, ProviderUnavailable, outcome_event_id
-from reelstream.runtime import Sweep, Sweeper
+from reelstream.runtime import Sweep, Sweeper, TransientError
 from schemas import topics
-from schemas.events import ClipCompleted
+from schemas.api import Options
+from schemas.events import ClipCompleted, ClipSubmitted
+from stages.clips import submit
 
 log = logging.getLogger(__name__)
 
@@ -80,4 +87,128 @@ async def poll_overdue(sweeper: Sweeper) -> None:
 
 sweep = Sweep(
     name="poll", run=poll_overdue, every=lambda deps: min(deps.settings.prediction_poll_seconds / 4, 15.0)
+)
+
+
+# -- driving stalled submissions on ------------------------------------------------------------------
+
+_STALLED = """
+SELECT g.id, g.options FROM generations g
+WHERE g.status = 'generating' AND (
+    EXISTS (SELECT 1 FROM submissions s WHERE s.generation_id = g.id AND s.prediction_id IS NULL
+            AND NOT s.abandoned
+            AND COALESCE(s.leased_until, s.created_at + make_interval(secs => $1)) < now())
+    OR EXISTS (SELECT 1 FROM clips c WHERE c.generation_id = g.id AND c.attempts < c.first_attempt
+               AND c.status = 'pending' AND c.updated_at < now() - make_interval(secs => $1)))
+ORDER BY g.updated_at
+LIMIT $2
+"""
+
+
+async def drive_stalled(sweeper: Sweeper) -> None:
+    """Create what a crashed or interrupted handler left: open intents, and free window slots.
+
+    Postgres says what is outstanding, so this works even when the event that should have driven the
+    generation on was lost with the broker. Intents are leased (see ``submit.py``): a handler creating
+    them right now is never doubled.
+    """
+    deps: Any = sweeper.deps
+    idle = min(30.0, float(deps.settings.prediction_poll_seconds))
+    for row in await sweeper.pool.fetch(_STALLED, idle, BATCH):
+        generation_id = row["id"]
+        collected: list[tuple[str, BaseModel]] = []
+
+        def collect(
+            topic: str, data: BaseModel, _into: list[tuple[str, BaseModel]] = collected, **_: Any
+        ) -> None:
+            _into.append((topic, data))
+
+        try:
+            async with sweeper.pool.acquire() as conn, conn.transaction():
+                if await status.current(conn, generation_id) != "generating":
+                    continue
+                options = Options.model_validate(row["options"])
+                await submit.fill_window(conn, generation_id, submit.window(deps.settings, options))
+            made = await submit.create_open(sweeper.pool, deps, generation_id, collect)
+        except TransientError as exc:
+            log.warning("%s: could not drive its submissions on yet: %s", generation_id, exc)
+            continue
+        metrics.RECONCILER_ACTIONS.labels("clips_driven").inc()
+        log.warning("%s: drove stalled submissions on (%d created)", generation_id, len(made))
+        for topic, data in collected:
+            await sweeper.publish(
+                topic,
+                data,
+                subject=generation_id,
+                event_id=derive_id(generation_id, "clips", "refused", topic),
+            )
+        for sub in made:
+            await sweeper.publish(
+                topics.CLIP_SUBMITTED,
+                ClipSubmitted(
+                    generation_id=generation_id,
+                    clip_id=sub.clip_id,
+                    prediction_id=sub.prediction_id,
+                    attempt=sub.attempt,
+                ),
+                subject=generation_id,
+                event_id=derive_id(sub.prediction_id, topics.CLIP_SUBMITTED),
+            )
+
+
+# -- nothing paid after the end -----------------------------------------------------------------------
+
+_ENDED_WITH_CLIPS_OUT = """
+SELECT DISTINCT c.generation_id FROM clips c JOIN generations g ON g.id = c.generation_id
+WHERE g.status IN ('failed', 'canceled') AND c.status IN ('pending', 'submitted', 'processing')
+LIMIT $1
+"""
+
+_LEASE_ORPHANS = """
+UPDATE submissions SET leased_until = now() + make_interval(secs => $1)
+WHERE marker IN (
+    SELECT s.marker FROM submissions s JOIN generations g ON g.id = s.generation_id
+    WHERE g.status IN ('completed', 'failed', 'canceled') AND s.prediction_id IS NULL AND NOT s.abandoned
+      AND s.tries > 0 AND (s.leased_until IS NULL OR s.leased_until < now())
+    LIMIT $2
+    FOR UPDATE OF s SKIP LOCKED
+)
+RETURNING marker, generation_id, created_at
+"""
+
+
+async def cancel_after_end(sweeper: Sweeper) -> None:
+    """Cancel every prediction of an ended generation, including ones a crash left unrecorded."""
+    deps: Any = sweeper.deps
+    for row in await sweeper.pool.fetch(_ENDED_WITH_CLIPS_OUT, BATCH):
+        canceled = await outstanding.cancel_outstanding(sweeper.pool, deps.provider, row["generation_id"])
+        metrics.RECONCILER_ACTIONS.labels("predictions_canceled").inc(canceled)
+    for row in await sweeper.pool.fetch(_LEASE_ORPHANS, float(submit.LEASE_SECONDS), BATCH):
+        mark, generation_id = row["marker"], row["generation_id"]
+        try:
+            found = await deps.provider.find(mark, row["created_at"])
+        except (ProviderError, ProviderUnavailable) as exc:
+            log.warning("%s: could not look up submission %s yet: %s", generation_id, mark, exc)
+            continue
+        if found is not None:
+            log.warning(
+                "%s ended; canceling prediction %s its interrupted submission made", generation_id, found
+            )
+            await outstanding.cancel_predictions(deps.provider, generation_id, [found])
+            metrics.RECONCILER_ACTIONS.labels("predictions_canceled").inc()
+        await sweeper.pool.execute(
+            "UPDATE submissions SET abandoned = true, prediction_id = $2, leased_until = NULL"
+            " WHERE marker = $1",
+            mark,
+            found,
+        )
+
+
+drive_sweep = Sweep(
+    name="drive", run=drive_stalled, every=lambda deps: min(deps.settings.prediction_poll_seconds / 4, 15.0)
+)
+janitor_sweep = Sweep(
+    name="janitor",
+    run=cancel_after_end,
+    every=lambda deps: min(deps.settings.prediction_poll_seconds / 4, 15.0),
 )

@@ -1,57 +1,125 @@
 """completion: clip.completed → generation.completed / generation.failed.
 
-Copies each output into storage as soon as it arrives (Replicate deletes outputs after an hour), checks
-it is a real video, and once every clip has succeeded assembles ``final.mp4`` and ``thumbnail.jpg``.
+``prepare`` does the outside work, with no transaction open: it judges the outcome (the one decision in
+:mod:`reelstream.outcomes`), copies a usable output into storage as soon as it arrives (Replicate
+deletes outputs after an hour), checks it is a real video and records the clip; once every clip has
+succeeded it assembles ``final.mp4`` and ``thumbnail.jpg``. A transient failure to fetch is retried; a
+permanent one fails the attempt, and the clips stage resubmits the clip while attempts remain.
+
+``record`` (in the handling transaction) writes the clip's failure or the generation's completion and
+emits what follows. Every step is safe to repeat: a crash mid-assembly assembles again.
 """
 
+import asyncio
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from reelstream import media, metrics, status, storage
+from reelstream import media, metrics, outcomes, outstanding, status, storage
 from reelstream.runtime import Context, PermanentError, Stage, TransientError
 from schemas import topics
 from schemas.api import DIMENSIONS, Video
-from schemas.events import ClipCompleted, GenerationCompleted
+from schemas.events import ClipCompleted, GenerationCompleted, Prediction
 
 log = logging.getLogger(__name__)
 
 
-async def handle(ctx: Context[ClipCompleted]) -> None:
-    if await status.current(ctx.conn, ctx.generation_id) != "generating":
-        return  # canceled or failed meanwhile: nothing more to do for this generation
+@dataclass(frozen=True)
+class ClipFailed:
+    reason: str
+    #: We turned a ``succeeded`` output down: the clips stage must hear of it to resubmit.
+    rejected: bool
+
+
+@dataclass(frozen=True)
+class ClipStored:
+    pass
+
+
+@dataclass(frozen=True)
+class Assembled:
+    video: Video
+    compute_seconds: float
+
+
+Prepared = ClipFailed | ClipStored | Assembled | None
+
+
+async def prepare(ctx: Context[ClipCompleted]) -> Prepared:
     done = ctx.data
-    clip = await ctx.conn.fetchrow(
-        "SELECT * FROM clips WHERE generation_id = $1 AND clip_id = $2", ctx.generation_id, done.clip_id
+    row = await ctx.pool.fetchrow(
+        "SELECT g.status, c.status AS clip_status, c.attempts, c.prediction_id"
+        " FROM generations g LEFT JOIN clips c ON c.generation_id = g.id AND c.clip_id = $2"
+        " WHERE g.id = $1",
+        ctx.generation_id,
+        done.clip_id,
     )
-    if clip is None:
+    if row is None or row["status"] not in ("generating", "assembling"):
+        return None  # ended meanwhile (canceled, failed) or unknown: nothing more to do
+    if row["clip_status"] is None:
         raise PermanentError(f"{ctx.generation_id} has no clip {done.clip_id}")
-    if done.attempt < clip["attempts"] or clip["status"] in ("succeeded", "failed", "canceled"):
-        return  # an outcome we already know, or one of an earlier attempt
-    if done.attempt > clip["attempts"]:
-        raise TransientError(f"{done.clip_id} attempt {done.attempt} is not recorded yet")
-
-    prediction = done.prediction
-    if prediction.status == "succeeded" and prediction.output_url:
+    if done.attempt != row["attempts"] or row["prediction_id"] not in (None, done.prediction.id):
+        return None  # an earlier attempt's outcome, or a prediction that is not this clip's
+    if row["clip_status"] in ("failed", "canceled"):
+        return None
+    if row["clip_status"] != "succeeded":  # else a repeat after a crash: go on to assembly
+        reason = outcomes.problem(done.prediction)
+        if reason is not None:
+            return ClipFailed(reason, rejected=False)
         try:
-            await _store_clip(ctx, done.clip_id, prediction.output_url, prediction.metrics or {})
+            await _store_clip(ctx, done)
         except (storage.StorageError, media.NotAVideo) as exc:
-            await _clip_failed(ctx, done.clip_id, f"output rejected: {exc}", final=True)
-            return
-        if await _all_succeeded(ctx.conn, ctx.generation_id):
-            await _assemble(ctx)
-        else:
-            await status.announce_progress(ctx)
-        return
-    reason = str(prediction.error or f"prediction {prediction.status}")
-    await _clip_failed(ctx, done.clip_id, reason, final=done.attempt >= ctx.deps.settings.clip_attempts)
+            if outcomes.is_transient(exc):
+                raise TransientError(f"{done.clip_id}: fetching its output: {exc}") from exc
+            return ClipFailed(f"output rejected: {exc}", rejected=True)
+        except Exception as exc:
+            if outcomes.is_transient(exc):
+                raise TransientError(f"{done.clip_id}: fetching its output: {exc!r}") from exc
+            raise
+    if not await _all_succeeded(ctx.pool, ctx.generation_id):
+        return ClipStored()
+    try:
+        return await _assemble(ctx)
+    except Exception as exc:
+        if outcomes.is_transient(exc):  # storage unreachable for a moment: assemble again later
+            raise TransientError(f"assembly: {exc!r}") from exc
+        raise
 
 
-async def _store_clip(ctx: Context[Any], clip_id: str, url: str, prediction_metrics: dict[str, Any]) -> None:
-    key = storage.clip_key(ctx.generation_id, clip_id)
+async def record(ctx: Context[ClipCompleted]) -> None:
+    result: Prepared = ctx.prepared
+    if isinstance(result, ClipFailed):
+        await _clip_failed(ctx, result)
+    elif isinstance(result, ClipStored):
+        await status.announce_progress(ctx)
+    elif isinstance(result, Assembled):
+        video = result.video
+        completed = await status.advance(
+            ctx, "completed", video=video.model_dump(mode="json"), compute_seconds=result.compute_seconds
+        )
+        if completed:
+            ctx.emit(
+                topics.GENERATION_COMPLETED, GenerationCompleted(generation_id=ctx.generation_id, video=video)
+            )
+            metrics.GENERATIONS.labels("completed").inc()
+            log.info(
+                "%s completed: %.2fs %dx%d",
+                ctx.generation_id,
+                video.duration_seconds,
+                video.width,
+                video.height,
+            )
+
+
+async def _store_clip(ctx: Context[ClipCompleted], done: ClipCompleted) -> None:
+    """Copy the output into storage, check it is a video, and record the clip as succeeded."""
+    url = done.prediction.output_url
+    assert url is not None  # outcomes.problem() said it is usable
+    key = storage.clip_key(ctx.generation_id, done.clip_id)
     store: storage.Storage = ctx.deps.storage
     await store.upload_from_url(key, url)
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,20 +127,25 @@ async def _store_clip(ctx: Context[Any], clip_id: str, url: str, prediction_metr
         if path is None:
             path = Path(tmp) / "clip.mp4"
             await store.get_file(key, path)
-        info = media.probe(path)
-    predict_time = prediction_metrics.get("predict_time")
-    await ctx.conn.execute(
-        "UPDATE clips SET status = 'succeeded', storage_key = $3, predict_time = $4, error = NULL,"
-        " updated_at = now() WHERE generation_id = $1 AND clip_id = $2",
+        info = await asyncio.to_thread(media.probe, path)
+    predict_time = (done.prediction.metrics or {}).get("predict_time")
+    await ctx.pool.execute(
+        "UPDATE clips SET status = 'succeeded', storage_key = $4, predict_time = $5, error = NULL,"
+        " prediction_id = COALESCE(prediction_id, $6), outcome = $7, updated_at = now()"
+        " WHERE generation_id = $1 AND clip_id = $2 AND attempts = $3"
+        " AND status IN ('pending', 'submitted', 'processing')",
         ctx.generation_id,
-        clip_id,
+        done.clip_id,
+        done.attempt,
         key,
         float(predict_time) if isinstance(predict_time, int | float) else None,
+        done.prediction.id,
+        ctx.event.model_dump(mode="json"),
     )
     log.info(
         "%s %s stored: %s %.2fs %dx%d",
         ctx.generation_id,
-        clip_id,
+        done.clip_id,
         info.codec,
         info.duration_seconds,
         info.width,
@@ -80,53 +153,70 @@ async def _store_clip(ctx: Context[Any], clip_id: str, url: str, prediction_metr
     )
 
 
-async def _clip_failed(ctx: Context[Any], clip_id: str, reason: str, *, final: bool) -> None:
-    await ctx.conn.execute(
-        "UPDATE clips SET error = $3, status = CASE WHEN $4 THEN 'failed' ELSE status END, updated_at = now()"
-        " WHERE generation_id = $1 AND clip_id = $2",
+async def _clip_failed(ctx: Context[ClipCompleted], failure: ClipFailed) -> None:
+    """Record the attempt's failure; the last allowed attempt fails the generation."""
+    done = ctx.data
+    clip = await ctx.conn.fetchrow(
+        "UPDATE clips SET error = $4, updated_at = now(),"
+        " status = CASE WHEN attempts - first_attempt + 1 >= $5 THEN 'failed' ELSE status END"
+        " WHERE generation_id = $1 AND clip_id = $2 AND attempts = $3"
+        " AND status IN ('pending', 'submitted', 'processing') RETURNING status",
         ctx.generation_id,
-        clip_id,
-        reason[:1000],
-        final,
+        done.clip_id,
+        done.attempt,
+        failure.reason[:1000],
+        ctx.deps.settings.clip_attempts,
     )
-    if not final:
-        log.info("%s %s failed (%s); the clips stage resubmits it", ctx.generation_id, clip_id, reason)
+    if clip is None:
+        return
+    if failure.rejected:
+        # The clips stage saw "succeeded"; tell it the attempt failed after all, so it resubmits.
+        ctx.emit(
+            topics.CLIP_COMPLETED,
+            ClipCompleted(
+                generation_id=ctx.generation_id,
+                clip_id=done.clip_id,
+                attempt=done.attempt,
+                prediction=Prediction(id=done.prediction.id, status="failed", error=failure.reason),
+            ),
+        )
+    if clip["status"] != "failed":
+        log.info(
+            "%s %s failed (%s); the clips stage resubmits it", ctx.generation_id, done.clip_id, failure.reason
+        )
         await status.announce_progress(ctx)
         return
-    await status.fail(ctx, "clip_failed", f"{clip_id} failed: {reason}")
-    metrics.GENERATIONS.labels("failed").inc()
-    await _cancel_outstanding(ctx)
+    if await status.fail(ctx, "clip_failed", f"{done.clip_id} failed: {failure.reason}"):
+        metrics.GENERATIONS.labels("failed").inc()
+        pool, provider, generation_id = ctx.pool, ctx.deps.provider, ctx.generation_id
+
+        async def cancel_the_rest() -> None:
+            await outstanding.cancel_outstanding(pool, provider, generation_id)
+
+        ctx.after_commit(cancel_the_rest)
 
 
-async def _cancel_outstanding(ctx: Context[Any]) -> None:
-    rows = await ctx.conn.fetch(
-        "UPDATE clips SET status = 'canceled', updated_at = now() WHERE generation_id = $1"
-        " AND status IN ('pending', 'submitted', 'processing') RETURNING prediction_id",
-        ctx.generation_id,
-    )
-    for row in rows:
-        if row["prediction_id"]:
-            try:
-                await ctx.deps.provider.cancel(row["prediction_id"])
-            except Exception:  # best effort: the generation has already failed
-                log.warning("could not cancel prediction %s", row["prediction_id"], exc_info=True)
-
-
-async def _all_succeeded(conn: asyncpg.Connection, generation_id: str) -> bool:
-    remaining: int = await conn.fetchval(
+async def _all_succeeded(pool: asyncpg.Pool, generation_id: str) -> bool:
+    remaining: int = await pool.fetchval(
         "SELECT count(*) FROM clips WHERE generation_id = $1 AND status <> 'succeeded'", generation_id
     )
     return remaining == 0
 
 
-async def _assemble(ctx: Context[Any]) -> None:
-    await status.advance(ctx, "assembling")
-    gen = await ctx.conn.fetchrow(
-        "SELECT duration_seconds, aspect_ratio FROM generations WHERE id = $1", ctx.generation_id
-    )
-    clips = await ctx.conn.fetch(
-        "SELECT storage_key, predict_time FROM clips WHERE generation_id = $1 ORDER BY idx", ctx.generation_id
-    )
+async def _assemble(ctx: Context[Any]) -> Assembled | None:
+    """``final.mp4`` and ``thumbnail.jpg`` from the stored clips (idempotent: fixed keys)."""
+    async with ctx.transaction() as conn:
+        await status.set_status(conn, ctx.generation_id, "assembling", emit=ctx.emit)
+        gen = await conn.fetchrow(
+            "SELECT status, duration_seconds, aspect_ratio FROM generations WHERE id = $1", ctx.generation_id
+        )
+        clips = await conn.fetch(
+            "SELECT storage_key, predict_time FROM clips WHERE generation_id = $1 ORDER BY idx",
+            ctx.generation_id,
+        )
+    if gen["status"] != "assembling":
+        return None  # canceled meanwhile
+    await ctx.flush()  # clients see "assembling" while FFmpeg runs
     store: storage.Storage = ctx.deps.storage
     width, height = DIMENSIONS[gen["aspect_ratio"]]
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,15 +241,7 @@ async def _assemble(ctx: Context[Any]) -> None:
         height=info.height,
         thumbnail_url=f"/api/v1/generations/{ctx.generation_id}/thumbnail",
     )
-    compute = sum(r["predict_time"] or 0.0 for r in clips)
-    if await status.advance(ctx, "completed", video=video.model_dump(mode="json"), compute_seconds=compute):
-        ctx.emit(
-            topics.GENERATION_COMPLETED, GenerationCompleted(generation_id=ctx.generation_id, video=video)
-        )
-        metrics.GENERATIONS.labels("completed").inc()
-        log.info(
-            "%s completed: %.2fs %dx%d", ctx.generation_id, info.duration_seconds, info.width, info.height
-        )
+    return Assembled(video, sum(r["predict_time"] or 0.0 for r in clips))
 
 
-stage = Stage(name="completion", topics=[topics.CLIP_COMPLETED], handler=handle)
+stage = Stage(name="completion", topics=[topics.CLIP_COMPLETED], prepare=prepare, handler=record)

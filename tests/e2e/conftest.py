@@ -1,7 +1,7 @@
 """An in-process embedded stack per test module: real tansu, real Postgres, every stage, the gateway."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +64,8 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
 
 @pytest.fixture(scope="module")
 async def stack(
-    kafka_bootstrap: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str, new_database: Callable[[], Awaitable[str]], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    settings = stack_settings(tmp_path_factory.mktemp("stack"), kafka_bootstrap, database_url)
+    settings = stack_settings(tmp_path_factory.mktemp("stack"), kafka_bootstrap, await new_database())
     async with running_stack(settings) as running:
         yield running

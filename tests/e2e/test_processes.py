@@ -4,6 +4,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -56,8 +57,9 @@ async def test_demo_makes_a_video_and_exits_zero(tmp_path: Path) -> None:
 
 
 async def test_each_stage_and_the_gateway_as_separate_processes(
-    kafka_bootstrap: str, database_url: str, tmp_path: Path
+    kafka_bootstrap: str, new_database: Callable[[], Awaitable[str]], tmp_path: Path
 ) -> None:
+    database_url = await new_database()
     port = free_port()
     env = clean_env(
         REELSTREAM_KAFKA_BOOTSTRAP=kafka_bootstrap,

@@ -7,7 +7,7 @@ and moto's S3 server. Everything else is the real stack: tansu, Postgres, Redis,
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ async def openai() -> AsyncIterator[FakeOpenAI]:
 @pytest.fixture(scope="module")
 async def cloud(
     kafka_bootstrap: str,
-    database_url: str,
+    new_database: Callable[[], Awaitable[str]],
     redis_url: str,
     s3_endpoint: str,
     replicate: FakeReplicate,
@@ -73,7 +73,7 @@ async def cloud(
     settings = stack_settings(
         tmp_path_factory.mktemp("cloud"),
         kafka_bootstrap,
-        database_url,
+        await new_database(),
         redis_url=redis_url,
         openai_api_key="sk-test",
         openai_base_url=openai.base_url,
@@ -265,14 +265,20 @@ class LoseFirstAnswer:
     def __init__(self, inner: VideoProvider) -> None:
         self.inner = inner
         self.name = inner.name
+        #: Whether each create was told to look its prediction up first (an intent tried before).
         self.retries: list[bool] = []
 
-    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
-        self.retries.append(retry)
-        prediction_id = await self.inner.create(spec, webhook_url=webhook_url, marker=marker, retry=retry)
+    async def create(
+        self, spec: ClipSpec, *, webhook_url: str, marker: str, since: datetime | None = None
+    ) -> str:
+        self.retries.append(since is not None)
+        prediction_id = await self.inner.create(spec, webhook_url=webhook_url, marker=marker, since=since)
         if len(self.retries) == 1:
             raise ProviderUnavailable("connection reset after the prediction was made")
         return prediction_id
+
+    async def find(self, marker: str, since: datetime) -> str | None:
+        return await self.inner.find(marker, since)
 
     async def get(self, prediction_id: str) -> Prediction:
         return await self.inner.get(prediction_id)
@@ -383,3 +389,58 @@ async def test_cancel_cancels_the_predictions_at_replicate(cloud: Stack, replica
     ids = {c["prediction_id"] for c in submitted["clips"]}
     assert ids <= set(replicate.canceled_ids)
     assert {replicate.predictions[i]["status"] for i in ids} == {"canceled"}
+
+
+# -- outcomes: one decision for the clips and completion stages ----------------------------------------
+
+
+async def test_a_refused_create_fails_the_generation_creates_nothing_more_and_cancels_the_rest(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    replicate.reject_creates = {2}  # a 3-clip generation: the second create answers 422
+    result = await generate(cloud, duration=15)
+    assert result["status"] == "failed"
+    assert result["error"]["code"] == "provider_rejected" and result["error"]["stage"] == "clips"
+    created = created_for(replicate, result["generation_id"])
+    print(f"\nclips planned 3, create requests {len(replicate.create_requests)}, predictions {len(created)}")
+    assert len(replicate.create_requests) == 2  # nothing was created after the refusal
+    assert len(created) == 1
+    async with asyncio.timeout(10):  # canceled right after the failure was recorded
+        while True:
+            if replicate.canceled_ids:
+                break
+            await asyncio.sleep(0.05)
+    assert replicate.canceled_ids == [created[0]["id"]]
+
+
+async def test_a_prediction_that_succeeded_without_output_is_made_again(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    replicate.succeed_without_output_next(1)
+    result = await generate(cloud, duration=10)
+    assert result["status"] == "completed", result["error"]
+    created = created_for(replicate, result["generation_id"])
+    assert len(created) == len(result["clips"]) + 1  # exactly one more: the clip made again
+    assert sum(1 for p in created if p["status"] == "succeeded" and p["output"] is None) == 1
+    assert sorted(c["attempts"] for c in result["clips"])[-1] == 2
+
+
+async def test_an_output_host_answering_503_is_waited_out_without_paying_again(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    replicate.file_errors = [503, 503]
+    result = await generate(cloud, duration=10)
+    assert result["status"] == "completed", result["error"]
+    assert replicate.file_errors == []  # both were met
+    assert len(created_for(replicate, result["generation_id"])) == len(result["clips"])
+    assert all(c["attempts"] == 1 for c in result["clips"])
+
+
+async def test_an_output_refused_for_good_fails_the_attempt_and_the_clip_is_made_again(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    replicate.file_errors = [404]
+    result = await generate(cloud, duration=10)
+    assert result["status"] == "completed", result["error"]
+    assert len(created_for(replicate, result["generation_id"])) == len(result["clips"]) + 1
+    assert sorted(c["attempts"] for c in result["clips"])[-1] == 2

@@ -1,6 +1,7 @@
 """The Replicate provider, through the real ``replicate`` client, against a Replicate-compatible server."""
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from reelstream.providers.replicate import ReplicateVideoProvider
 from schemas.events import ClipSpec
 
 GEN = "gen_" + "ab" * 16
+#: When a test's submission intent was recorded: a little before the test made anything.
+INTENT_TIME = datetime.now(UTC) - timedelta(minutes=1)
 
 
 def spec(index: int = 0, **extra: Any) -> ClipSpec:
@@ -106,11 +109,9 @@ async def test_throttling_beyond_the_cap_is_unavailable_not_rejected(fake: FakeR
     assert fake.predictions == {}
 
 
-@pytest.mark.parametrize("listing_has_webhooks", [True, False])
 async def test_create_with_lost_answer_adopts_the_prediction_instead_of_paying_twice(
-    fake: FakeReplicate, provider: ReplicateVideoProvider, listing_has_webhooks: bool
+    fake: FakeReplicate, provider: ReplicateVideoProvider
 ) -> None:
-    fake.list_shows_webhook = listing_has_webhooks
     for index in range(1, 4):
         await create(provider, index)
     fake.hang_next_create(3.0)  # created, but the answer comes after the client's 0.5 s
@@ -195,7 +196,41 @@ async def test_a_retried_submission_adopts_what_an_earlier_try_created(
     first = await create(provider)
     mark = marker(GEN, "clip_00", 1)
     again = await provider.create(
-        spec(0), webhook_url=webhook_url("https://reel.example", mark), marker=mark, retry=True
+        spec(0), webhook_url=webhook_url("https://reel.example", mark), marker=mark, since=INTENT_TIME
     )
     assert again == first
     assert list(fake.predictions) == [first]
+
+
+async def test_the_lookup_reads_every_page_back_to_the_intent(
+    fake: FakeReplicate, provider: ReplicateVideoProvider
+) -> None:
+    # A busy account: ours is far down the listing, behind 7 pages of other predictions.
+    fake.page_size = 3
+    first = await create(provider, 0)
+    for index in range(1, 22):
+        await create(provider, index)
+    mark = marker(GEN, "clip_00", 1)
+    again = await provider.create(
+        spec(0), webhook_url=webhook_url("https://reel.example", mark), marker=mark, since=INTENT_TIME
+    )
+    assert again == first
+    assert len(fake.predictions) == 22  # nothing paid twice
+
+
+async def test_a_prediction_with_the_same_input_but_another_marker_is_never_adopted(
+    fake: FakeReplicate, provider: ReplicateVideoProvider
+) -> None:
+    # The planner is deterministic: another generation's clip can have exactly our input.
+    other_generation = "gen_" + "cd" * 16
+    other_mark = marker(other_generation, "clip_00", 1)
+    theirs = await provider.create(
+        spec(0), webhook_url=webhook_url("https://reel.example", other_mark), marker=other_mark
+    )
+    fake.list_shows_webhook = False  # even where the listing leaves webhooks out
+    mark = marker(GEN, "clip_00", 1)
+    ours = await provider.create(
+        spec(0), webhook_url=webhook_url("https://reel.example", mark), marker=mark, since=INTENT_TIME
+    )
+    assert ours != theirs
+    assert len(fake.predictions) == 2

@@ -184,6 +184,10 @@ class FakeReplicate:
         self._hangs: list[float] = []
         self._fates: list[tuple[str, str | None]] = []
         self._release = asyncio.Event()
+        #: Create requests (counted from 1, throttled ones included) answered 422 as if invalid.
+        self.reject_creates: set[int] = set()
+        #: Statuses the output host answers the next output downloads with, in order.
+        self.file_errors: list[int] = []
 
     def throttle_next(self, n: int = 1, retry_after: int = 1) -> None:
         """The next ``n`` creates answer 429 with ``Retry-After`` and create nothing."""
@@ -195,6 +199,10 @@ class FakeReplicate:
 
     def fail_next(self, n: int = 1, error: str = "CUDA out of memory") -> None:
         self._fates += [("failed", error)] * n
+
+    def succeed_without_output_next(self, n: int = 1) -> None:
+        """End ``succeeded`` with ``output: null``: it happens, and the clip must be made again."""
+        self._fates += [("succeeded_null", None)] * n
 
     def abort_next(self, n: int = 1) -> None:
         """End with ``aborted``: real, yet outside the replicate client's ``Prediction.status`` literal."""
@@ -237,7 +245,9 @@ class FakeReplicate:
         pred.update(status="processing", started_at=_now())
         if self.hold_predictions:
             await self._release.wait()
-        if job.outcome != "succeeded":
+        if job.outcome == "succeeded_null":
+            done = self._finish(pid, "succeeded", output=None)
+        elif job.outcome != "succeeded":
             done = self._finish(pid, job.outcome, error=job.error)
         else:
             try:
@@ -344,6 +354,8 @@ class FakeReplicate:
         if model not in self.models:
             return self._error(404, "Not found.")
         invalid = validate_input(self.models[model], body.get("input") if isinstance(body, dict) else None)
+        if len(self.create_requests) in self.reject_creates:
+            invalid = [{"field": "input", "description": "rejected by the test"}]
         if invalid:
             detail = "".join(f"- {e['field']}: {e['description']}\n" for e in invalid)
             return self._error(422, detail, title="Input validation failed", invalid_fields=invalid)
@@ -409,6 +421,8 @@ class FakeReplicate:
         return web.json_response({"key": self.secret})
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
+        if self.file_errors:
+            return self._error(self.file_errors.pop(0), "The output host is busy.")
         path = self._files / f"{request.match_info['id']}.mp4"
         if not path.is_file():
             return self._error(404, "Not found.")

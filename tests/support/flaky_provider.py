@@ -6,6 +6,7 @@ gateway — so the stages meet the same path as in production.
 
 import asyncio
 import json
+from datetime import datetime
 
 import aiohttp
 
@@ -27,13 +28,15 @@ class FlakyProvider:
         self._ids: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def create(self, spec: ClipSpec, *, webhook_url: str, marker: str, retry: bool = False) -> str:
+    async def create(
+        self, spec: ClipSpec, *, webhook_url: str, marker: str, since: datetime | None = None
+    ) -> str:
         attempt = int(marker.rsplit(".", 1)[1])
         self.created.append((spec.clip_id, attempt))
         states = [await self.inner.get(pid) for pid in self._ids]
         self.running_at_create.append(sum(not p.terminal for p in states))
         if (spec.clip_id, attempt) not in self.fail:
-            prediction_id = await self.inner.create(spec, webhook_url=webhook_url, marker=marker, retry=retry)
+            prediction_id = await self.inner.create(spec, webhook_url=webhook_url, marker=marker, since=since)
             self._ids.append(prediction_id)
             return prediction_id
         prediction_id = f"fl_{spec.clip_id}_{attempt}_{marker[4:12]}"
@@ -54,6 +57,9 @@ class FlakyProvider:
         headers = sign(self.secret, body, webhook_id=f"msg_{prediction_id}")
         async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as resp:
             assert resp.status < 300, await resp.text()
+
+    async def find(self, marker: str, since: datetime) -> str | None:
+        return await self.inner.find(marker, since)
 
     async def get(self, prediction_id: str) -> Prediction:
         return await self.inner.get(prediction_id)
