@@ -25,3 +25,9 @@ PREDICTIONS_POLLED = Counter(
 PROVIDER_CALLS = Counter(
     "reelstream_provider_calls_total", "Calls to the video provider", ["provider", "call", "outcome"]
 )
+RECONCILER_ACTIONS = Counter(
+    "reelstream_reconciler_actions_total",
+    "What the reconciler re-published for stalled generations (requested, last_step, prompted, outcome;"
+    " nothing when Postgres held nothing to drive it with)",
+    ["action"],
+)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     #: Bound on one Replicate call; a create with no answer by then is looked up before it is retried.
     replicate_timeout_seconds: float = Field(default=30.0, gt=0)
     prediction_poll_seconds: float = Field(default=60.0, gt=0)
+    #: A generation that is not terminal and has made no progress for this long is driven on again from
+    #: Postgres (reelstream/reconcile.py); every non-terminal one is, once, when the intake stage starts.
+    reconcile_seconds: float = Field(default=120.0, gt=0)
 
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
