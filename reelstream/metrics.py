@@ -31,3 +31,6 @@ RECONCILER_ACTIONS = Counter(
     " nothing when Postgres held nothing to drive it with)",
     ["action"],
 )
+RETENTION_DELETED = Counter(
+    "reelstream_retention_deleted_total", "Rows deleted by retention, past their window", ["table"]
+)
