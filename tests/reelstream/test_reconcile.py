@@ -558,43 +558,54 @@ async def test_a_broker_failure_ends_the_round_and_releases_the_claim(
 async def test_generations_written_as_the_gateway_does_but_never_published_complete(
     database_url: str, tmp_path: Path
 ) -> None:
-    """A broker and a database of its own: the stack must see no other test's events or generations."""
+    """A broker and a database of its own: the stack must see no other test's events or generations.
+
+    The idle threshold is half a second, so generations are also re-driven while they render: what the
+    reconciler re-publishes then must be deduplicated, never paid for twice.
+    """
     from tests.e2e.conftest import running_stack, stack_settings
 
     kafka = await embedded.start_kafka(tmp_path / "kafka")
-    async with fresh_database(database_url) as url:
-        conn = await db.create_pool(url, max_size=2)
-        try:
-            # Written before the stack starts, as a gateway that died before publishing leaves it...
-            before = await _insert_as_gateway(conn)
-            settings = stack_settings(tmp_path / "stack", kafka.url, url, reconcile_seconds=0.5)
-            async with running_stack(settings) as stack:
-                # ...and while it runs, as one whose publish the broker lost.
-                during = await _insert_as_gateway(conn)
-                async with aiohttp.ClientSession() as session:
-                    for generation_id in (before, during):
-                        detail = await _wait_terminal(session, stack.url, generation_id)
-                        assert detail["status"] == "completed", detail
-                        assert all(c["status"] == "succeeded" for c in detail["clips"])
-                        assert all(c["attempts"] == 1 for c in detail["clips"])  # nothing paid twice
-                predictions = await conn.fetch(
-                    "SELECT generation_id, count(*) AS n, count(DISTINCT clip_id) AS clips FROM predictions"
-                    " WHERE generation_id = ANY($1::text[]) GROUP BY generation_id",
-                    [before, during],
+    try:
+        async with fresh_database(database_url) as url:
+            pool = await db.create_pool(url, max_size=2)
+            try:
+                await _run_and_check(
+                    pool,
+                    running_stack(stack_settings(tmp_path / "stack", kafka.url, url, reconcile_seconds=0.5)),
                 )
-                assert {r["generation_id"] for r in predictions} == {before, during}
-                assert all(r["n"] == r["clips"] for r in predictions)
-        finally:
-            await conn.close()
-            await kafka.stop()
+            finally:
+                await pool.close()
+    finally:
+        await kafka.stop()
 
 
-async def _insert_as_gateway(conn: asyncpg.Pool) -> str:
+async def _run_and_check(pool: asyncpg.Pool, stack_context: Any) -> None:
+    # Written before the stack starts, as a gateway that died before publishing leaves it...
+    before = await _insert_as_gateway(pool)
+    async with stack_context as stack:
+        # ...and while it runs, as one whose publish the broker lost.
+        during = await _insert_as_gateway(pool)
+        async with aiohttp.ClientSession() as session:
+            for generation_id in (before, during):
+                detail = await _wait_terminal(session, stack.url, generation_id)
+                assert detail["status"] == "completed", detail
+                assert all(c["status"] == "succeeded" and c["attempts"] == 1 for c in detail["clips"])
+    predictions = await pool.fetch(
+        "SELECT generation_id, count(*) AS n, count(DISTINCT clip_id) AS clips FROM predictions"
+        " WHERE generation_id = ANY($1::text[]) GROUP BY generation_id",
+        [before, during],
+    )
+    assert {r["generation_id"] for r in predictions} == {before, during}
+    assert all(r["n"] == r["clips"] for r in predictions)  # one prediction per clip: nothing paid twice
+
+
+async def _insert_as_gateway(pool: asyncpg.Pool) -> str:
     generation_id = new_id()
     request = GenerationRequest.model_validate(
         {"prompt": "Morning surf lesson, bright and friendly.", "duration_seconds": 12}
     )
-    await conn.execute(
+    await pool.execute(
         "INSERT INTO generations (id, status, prompt, duration_seconds, aspect_ratio, brand, options)"
         " VALUES ($1, 'queued', $2, $3, $4, $5, $6)",
         generation_id,
