@@ -27,6 +27,10 @@ PROVIDER_CALLS = Counter(
 )
 RECONCILER_ACTIONS = Counter(
     "reelstream_reconciler_actions_total",
-    "What the sweeps that drive work on from Postgres did, by action",
+    "What the sweeps that drive work on from Postgres did, by action (requested, last_step, prompted,"
+    " outcome, nothing: the reconciler; clips_driven, predictions_canceled: the clips stage)",
     ["action"],
+)
+RETENTION_DELETED = Counter(
+    "reelstream_retention_deleted_total", "Rows deleted by retention, past their window", ["table"]
 )

@@ -191,6 +191,9 @@ class Sweep:
     run: Callable[[Sweeper], Awaitable[None]]
     #: Seconds between sweeps, read from the deps (the settings) when the stage starts.
     every: Callable[[Any], float]
+    #: Run once as soon as the stage starts, instead of waiting out the first interval: catching up
+    #: after a restart differs from a timed round (the reconciler's start-up round, for one).
+    at_start: Callable[[Sweeper], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -294,17 +297,21 @@ class StageRunner:
             log.info("stage %s stopped", self.stage.name)
 
     async def _sweep(self, sweep: Sweep) -> None:
-        """Run ``sweep`` every ``sweep.every`` seconds until stopped; a failed round is logged and retried."""
+        """Run ``sweep.at_start`` at once (if any), then ``sweep.run`` every ``sweep.every`` seconds until
+        stopped; a failed round is logged and retried."""
         every = max(0.05, sweep.every(self.deps))
         sweeper = Sweeper(self.stage.name, self.pool, self.producer, self.deps)
+        first = sweep.at_start
         while not self._stopping.is_set():
+            if first is None:
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=every)
+                    return
+                except TimeoutError:
+                    pass
+            run, first = first or sweep.run, None
             try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=every)
-                return
-            except TimeoutError:
-                pass
-            try:
-                await sweep.run(sweeper)
+                await run(sweeper)
             except TRANSIENT as exc:
                 log.warning(
                     "sweep %s/%s failed, next round in %.1fs: %r", self.stage.name, sweep.name, every, exc

@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     #: Bound on one Replicate call; a create with no answer by then is looked up before it is retried.
     replicate_timeout_seconds: float = Field(default=30.0, gt=0)
     prediction_poll_seconds: float = Field(default=60.0, gt=0)
+    #: A generation that is not terminal and has made no progress for this long is driven on again from
+    #: Postgres (reelstream/reconcile.py); every non-terminal one is, once, when the intake stage starts.
+    reconcile_seconds: float = Field(default=120.0, gt=0)
+    #: Days ``processed_events``, ``webhook_deliveries`` and ``submissions`` rows are kept
+    #: (reelstream/retention.py). They are what makes a repeated event, webhook or submission a no-op, so
+    #: this must be longer than anything can come back: a broker redelivery, Replicate's webhook retries
+    #: (a minute), a dead letter redriven or a topic replayed days later. Past it a repeat is handled as
+    #: new, and only the stages' forward-only status checks stand between it and a second side effect.
+    retention_days: float = Field(default=7.0, ge=1.0)
 
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None

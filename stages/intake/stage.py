@@ -4,7 +4,7 @@ The gateway already wrote the row so clients never see a 404; intake makes the r
 other producer or a replay, applies the business rules the schema cannot express, and accepts.
 """
 
-from reelstream import status
+from reelstream import reconcile, retention, status
 from reelstream.runtime import Context, Stage
 from schemas import topics
 from schemas.api import TERMINAL, GenerationRequest
@@ -48,4 +48,11 @@ async def handle(ctx: Context[GenerationRequested]) -> None:
     ctx.emit(topics.GENERATION_ACCEPTED, GenerationAccepted(generation_id=ctx.generation_id, request=request))
 
 
-stage = Stage(name="intake", topics=[topics.GENERATION_REQUESTED], handler=handle)
+#: The reconciler and retention run here, so that one process type runs them. Every replica may: both
+#: take their rows with SKIP LOCKED, so replicas share the work instead of doubling it.
+stage = Stage(
+    name="intake",
+    topics=[topics.GENERATION_REQUESTED],
+    handler=handle,
+    sweeps=[reconcile.sweep, retention.sweep],
+)
