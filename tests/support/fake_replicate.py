@@ -188,6 +188,8 @@ class FakeReplicate:
         self.reject_creates: set[int] = set()
         #: Statuses the output host answers the next output downloads with, in order.
         self.file_errors: list[int] = []
+        #: Output downloads served, by prediction id.
+        self.file_gets: dict[str, int] = {}
 
     def throttle_next(self, n: int = 1, retry_after: int = 1) -> None:
         """The next ``n`` creates answer 429 with ``Retry-After`` and create nothing."""
@@ -424,6 +426,7 @@ class FakeReplicate:
         if self.file_errors:
             return self._error(self.file_errors.pop(0), "The output host is busy.")
         path = self._files / f"{request.match_info['id']}.mp4"
+        self.file_gets[request.match_info["id"]] = self.file_gets.get(request.match_info["id"], 0) + 1
         if not path.is_file():
             return self._error(404, "Not found.")
         return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
