@@ -28,7 +28,13 @@ def _settings() -> Settings:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether the gateway could listen on ``host:port``, tested the way aiohttp binds it.
+
+    With ``SO_REUSEADDR``, like aiohttp's own listener: connections of a run that just stopped linger
+    in TIME_WAIT for a minute and must not keep a restart off its port; a listener still refuses.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -191,6 +191,28 @@ async def test_next_start_stops_leftovers_of_a_killed_run(tmp_path: Path) -> Non
     assert _processes_under(tmp_path) == []
 
 
+async def test_an_immediate_restart_after_a_sigkill_waits_out_the_leftovers(
+    tmp_path: Path,
+) -> None:
+    """The parent-death signals may still be at work (Postgres' fast shutdown): the start waits them out."""
+    pids = await asyncio.to_thread(_run_and_kill, tmp_path, "main")
+    started = time.monotonic()
+    kafka = await embedded.start_kafka(tmp_path)
+    postgres = await embedded.start_postgres(tmp_path)
+    restart = time.monotonic() - started
+    try:
+        assert all(_gone(pid) for pid in pids.values())
+        assert (tmp_path / "run" / "kafka.pid").read_text().split()[0] == str(kafka.pid)
+        assert (tmp_path / "postgres" / "postmaster.pid").read_text().split()[0] == str(postgres.pid)
+        conn = await asyncpg.connect(postgres.url)
+        await conn.close()
+    finally:
+        await postgres.stop()
+        await kafka.stop()
+    assert _processes_under(tmp_path) == []
+    print(f"\nbroker and Postgres restarted {restart:.2f} s after a SIGKILL of their parent")
+
+
 def test_stack_file_is_written_atomically_and_removed(tmp_path: Path) -> None:
     path = embedded.write_stack_file(tmp_path, "127.0.0.1:9092", "postgresql://x@127.0.0.1:1/db", "http://g")
     assert json.loads(path.read_text()) == {
