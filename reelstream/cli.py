@@ -488,18 +488,28 @@ def dlq_list(
         if not letters:
             typer.echo("no dead letters")
             return
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("topic", "event id", "generation", "error", "time")
-        for letter in letters:
-            table.add_row(
+        columns = ("topic", "event id", "generation", "error", "time")
+        rows = [
+            (
                 letter.original_topic,
                 letter.event_id or "-",
                 letter.generation_id or "-",
-                letter.error,
+                " ".join(letter.error.split()),
                 dead_letters.rfc3339(letter.timestamp),
             )
+            for letter in letters
+        ]
+        if not sys.stdout.isatty():  # a pipe or a file: one tab-separated line per letter, nothing wrapped
+            for row in (columns, *rows):
+                typer.echo("\t".join(row))
+            return
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))  # an error text may contain [brackets]
         Console().print(table)
 
     _run_tool(run)
@@ -534,8 +544,8 @@ def dlq_redrive(
         for letter_id, generation_id, state in report.ended:
             typer.echo(
                 f"skipped {letter_id or 'a letter'} of {generation_id} ({state}): a generation that ended"
-                f" is not revived; `reelstream replay --generation {generation_id} --force` starts a new"
-                " attempt"
+                " is not revived; replay --force starts a new attempt"
+                f" (`reelstream replay --generation {generation_id} --force`)"
             )
         if report.handled:
             typer.echo(f"skipped {report.handled} dead letter(s) their stage has handled since")

@@ -331,9 +331,7 @@ async def replay_generation(
             event = request_event(generation_id, request_from_row(row), row["attempt"])
             events.insert(
                 0,
-                Selected(
-                    topics.GENERATION_REQUESTED, generation_id.encode(), encode(event), (), -1, -1, event
-                ),
+                Selected(requested_topic, generation_id.encode(), encode(event), (), -1, -1, event),
             )
             report.rebuilt_request = True
     report.published = await republish(bootstrap, events)
