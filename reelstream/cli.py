@@ -507,7 +507,9 @@ def dlq_list(
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table(*columns)
+        table = Table()
+        for column in columns:  # folded rather than cut: an id with an ellipsis is no use
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*(escape(cell) for cell in row))  # an error text may contain [brackets]
         Console().print(table)

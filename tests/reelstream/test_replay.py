@@ -465,3 +465,41 @@ async def test_cli_replays_a_generation_and_forces_a_new_attempt(
         assert await pool.fetchval("SELECT attempt FROM generations WHERE id = $1", gen) == 2
     finally:
         await pool.execute("UPDATE generations SET status = 'canceled' WHERE id = $1", gen)
+
+
+async def test_cli_force_by_topic_prints_every_estimate_and_refuses_if_one_still_runs(
+    tmp_path: Path, kafka_bootstrap: str, database_url: str, pool: asyncpg.Pool
+) -> None:
+    """A time window of its own (a random second in 2001), so only this test's events are selected."""
+    env = cli_env(tmp_path, kafka_bootstrap=kafka_bootstrap, database_url=database_url)
+    at = datetime(2001, 1, 1, tzinfo=UTC) + timedelta(seconds=uuid.uuid4().int % 10_000_000)
+    window = ["--since", at.isoformat(), "--until", (at + timedelta(seconds=1)).isoformat()]
+    done, running = new_id(), new_id()
+    await insert_generation(pool, done, status="completed")
+    await insert_generation(pool, running, status="prompting")
+    await ensure_topics(kafka_bootstrap, [topics.GENERATION_REQUESTED])
+    await produce(
+        kafka_bootstrap,
+        [(topics.GENERATION_REQUESTED, requested(g, at), g.encode()) for g in (done, running)],
+    )
+    try:
+        code, out, err = await run_cli(
+            env, "replay", "--topic", topics.GENERATION_REQUESTED, *window, "--force"
+        )
+        assert code == 1
+        assert_one_plain_line(err, running, "still running", "cancel it first")
+        assert "started" not in out
+        assert await pool.fetchval("SELECT attempt FROM generations WHERE id = $1", done) == 1
+
+        await pool.execute("UPDATE generations SET status = 'failed' WHERE id = $1", running)
+        code, out, err = await run_cli(
+            env, "replay", "--topic", topics.GENERATION_REQUESTED, *window, "--force"
+        )
+        assert code == 0, err
+        assert f"estimate for {done}:" in out and f"estimate for {running}:" in out
+        assert "total estimate: $0.00 for 2 generations" in out
+        assert f"started attempt 2 of {done}" in out and f"started attempt 2 of {running}" in out
+    finally:
+        await pool.execute(
+            "UPDATE generations SET status = 'canceled' WHERE id = ANY($1::text[])", [done, running]
+        )
