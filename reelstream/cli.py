@@ -285,7 +285,9 @@ def _run_tool(make: "Callable[[], Coroutine[Any, Any, None]]") -> None:
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as exc:
-        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        text = "; ".join(line for line in lines if not line.startswith("For further information"))
+        typer.echo(f"error: {type(exc).__name__}: {text}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -363,9 +365,9 @@ def replay(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(_USAGE) from None
-    settings = _tool_settings()
 
     async def run() -> None:
+        settings = _tool_settings()  # inside: a bad setting is one plain line too
         bootstrap = _bootstrap(settings)
         async with _database(settings) as pool:
             if generation is not None and force:
@@ -477,9 +479,8 @@ def dlq_list(
     """Show every dead letter: topic, event id, generation, error and time."""
     from reelstream import dlq as dead_letters
 
-    settings = _tool_settings()
-
     async def run() -> None:
+        settings = _tool_settings()  # inside: a bad setting is one plain line too
         names = _dlq_names(topic)
         letters = await dead_letters.list_dead_letters(_bootstrap(settings), names)
         if as_json:
@@ -532,9 +533,8 @@ def dlq_redrive(
     """Redrive dead letters; the user-facing text is the ``help`` above."""
     from reelstream import dlq as dead_letters
 
-    settings = _tool_settings()
-
     async def run() -> None:
+        settings = _tool_settings()  # inside: a bad setting is one plain line too
         names = _dlq_names(topic)
         bootstrap = _bootstrap(settings)
         async with _database(settings) as pool:
