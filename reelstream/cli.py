@@ -2,16 +2,23 @@
 
 import asyncio
 import json
+import logging
 import socket
 import sys
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from reelstream import client, db, embedded, service
 from reelstream.settings import Settings
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from reelstream.replay import ReplayReport
 
 app = typer.Typer(
     help="reelstream: a text prompt in, a finished short video out.",
@@ -238,14 +245,322 @@ def generate(
     typer.echo(str(path))
 
 
-@app.command()
+# -- replay and dead letters ------------------------------------------------------------------------
+# Operator tools beside a running stack: they only read topics (without a consumer group), publish, and
+# touch Postgres for what they say. Expected problems end in one plain line on stderr and a non-zero exit.
+
+_USAGE = 2
+
+
+class _Fail(Exception):
+    """End the command with ``message`` on one line and exit ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _tool_settings() -> Settings:
+    settings = Settings().with_stack()
+    service.log_setup("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors are ours to report
+    return settings
+
+
+def _bootstrap(settings: Settings) -> str:
+    if not settings.kafka_bootstrap:
+        raise _Fail(
+            "no broker: set REELSTREAM_KAFKA_BOOTSTRAP, or run `reelstream serve` first so its stack.json"
+            " can be used"
+        )
+    return settings.kafka_bootstrap
+
+
+def _run_tool(make: "Callable[[], Coroutine[Any, Any, None]]") -> None:
+    """Run an operator command: its expected failures (and any other) as one line, never a traceback."""
+    from reelstream.replay import ReplayError
+
+    try:
+        asyncio.run(make())
+    except _Fail as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.code) from None
+    except ReplayError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        text = "; ".join(line for line in lines if not line.startswith("For further information"))
+        typer.echo(f"error: {type(exc).__name__}: {text}", err=True)
+        raise typer.Exit(1) from None
+
+
+@asynccontextmanager
+async def _database(settings: Settings) -> "AsyncIterator[asyncpg.Pool]":
+    """A small migrated pool, or a plain failure saying the database cannot be reached."""
+    import asyncpg
+
+    if not settings.database_url:
+        raise _Fail(
+            "no database: set REELSTREAM_DATABASE_URL, or run `reelstream serve` first so its stack.json"
+            " can be used"
+        )
+    try:
+        await asyncio.wait_for(db.migrate(settings.database_url), timeout=30)
+        pool = await asyncio.wait_for(db.create_pool(settings.database_url, max_size=2), timeout=30)
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise _Fail(f"cannot reach the database: {type(exc).__name__}: {exc}") from None
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+_REPLAY_HELP = (
+    "Reprocess jobs from the topics: re-publish their events unchanged (same id, key and bytes)."
+    "\n\nEvents are selected by their own CloudEvents time, and by subject for --generation, which reads"
+    " every pipeline topic but generation.status (notifications only). The stages skip what they already"
+    " handled and finished generations stay as they are: a replay is free and idempotent."
+    "\n\n--force instead starts a new attempt that pays for new clips, after printing its estimate."
+)
+
+
+@app.command(help=_REPLAY_HELP)
 def replay(
-    generation: Annotated[str | None, typer.Option(help="reprocess one generation by id")] = None,
-    topic: Annotated[str | None, typer.Option(help="reprocess the jobs of a topic")] = None,
+    generation: Annotated[
+        str | None, typer.Option(help="reprocess one generation: its events on every pipeline topic")
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="reprocess the events of one topic (with --since)")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="RFC 3339; with --topic: events whose own time is at or after it")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="RFC 3339; with --topic: events before it")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="start a NEW ATTEMPT that pays for new clips (its estimate is printed first), for the"
+            " generation, or with --topic for every generation the selected events name; refused while"
+            " any of them is still running",
+        ),
+    ] = False,
 ) -> None:
-    """Reprocess jobs from the topics (by generation id, or by topic and time range)."""
-    typer.echo("replay is not available yet in this version", err=True)
-    raise typer.Exit(2)
+    """Replay by generation, or by topic and time range; the user-facing text is ``_REPLAY_HELP``."""
+    from reelstream import replay as replaying
+
+    try:
+        if (generation is None) == (topic is None):
+            raise ValueError("give either --generation ID or --topic TOPIC --since TIME")
+        if generation is not None:
+            if since is not None or until is not None:
+                raise ValueError("--since and --until go with --topic")
+            replaying.check_generation_id(generation)
+        else:
+            assert topic is not None
+            replaying.check_replay_topic(topic)
+            if since is None:
+                raise ValueError("--topic needs --since TIME (RFC 3339)")
+        start = replaying.parse_time(since) if since is not None else None
+        end = replaying.parse_time(until) if until is not None else None
+        if start is not None and end is not None and end <= start:
+            raise ValueError("--until must be after --since")
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(_USAGE) from None
+
+    async def run() -> None:
+        settings = _tool_settings()  # inside: a bad setting is one plain line too
+        bootstrap = _bootstrap(settings)
+        async with _database(settings) as pool:
+            if generation is not None and force:
+                await _force(settings, bootstrap, pool, [generation])
+            elif generation is not None:
+                report = await replaying.replay_generation(bootstrap, pool, generation)
+                _print_replay(f"generation {generation}", report)
+            else:
+                assert topic is not None and start is not None
+                if force:
+                    selection = await replaying.select_events(bootstrap, [topic], since=start, until=end)
+                    await _force(settings, bootstrap, pool, replaying.generations_of(selection))
+                else:
+                    report = await replaying.replay_range(bootstrap, pool, topic, start, end)
+                    _print_replay(f"{topic} from {since}" + (f" until {until}" if until else ""), report)
+
+    _run_tool(run)
+
+
+def _print_replay(what: str, report: "ReplayReport") -> None:
+    total = sum(report.published.values())
+    typer.echo(f"replayed {what}: {total} event(s) re-published unchanged")
+    for name, count in sorted(report.published.items()):
+        typer.echo(f"  {name}: {count}")
+    if report.rebuilt_request:
+        typer.echo("  (the current attempt's generation.requested was missing and was rebuilt from Postgres)")
+    if report.unknown_generation:
+        typer.echo(f"skipped {report.unknown_generation} event(s) of generations not in the database")
+    if report.unreadable:
+        typer.echo(f"skipped {report.unreadable} record(s) that are not CloudEvents")
+
+
+async def _force(settings: Settings, bootstrap: str, pool: "asyncpg.Pool", generation_ids: list[str]) -> None:
+    """Print each generation's estimate, refuse if any is still running, then start a new attempt of each."""
+    from reelstream import estimates, kafka
+    from reelstream import replay as replaying
+    from schemas.api import TERMINAL
+
+    if not generation_ids:
+        typer.echo("no events selected: nothing to start")
+        return
+    requests = {}
+    for generation_id in generation_ids:
+        try:
+            state, request = await replaying.load_request(pool, generation_id)
+        except replaying.UnknownGeneration:
+            if len(generation_ids) == 1:
+                raise
+            typer.echo(f"skipped {generation_id}: not in the database")
+            continue
+        if state not in TERMINAL:
+            raise _Fail(f"generation {generation_id} is still running ({state}); cancel it first")
+        requests[generation_id] = request
+    total = 0.0
+    for generation_id, request in requests.items():
+        estimate = estimates.estimate(request, settings)
+        total += estimate.estimated_cost_usd
+        typer.echo(
+            f"estimate for {generation_id}: {len(estimate.clips)} clip(s) on {estimate.model},"
+            f" ~{estimate.estimated_compute_seconds:g} s of compute, ${estimate.estimated_cost_usd:.2f}"
+        )
+        budget = getattr(request.options, "max_cost_usd", None)
+        if isinstance(budget, int | float) and estimate.estimated_cost_usd > budget:
+            raise _Fail(
+                f"the estimate for {generation_id} (${estimate.estimated_cost_usd:.2f}) is above its"
+                f" options.max_cost_usd (${budget:.2f}); nothing was started"
+            )
+    if len(requests) > 1:
+        typer.echo(f"total estimate: ${total:.2f} for {len(requests)} generations")
+    producer = kafka.Producer(bootstrap)
+    try:
+        await producer.start()
+    except Exception as exc:
+        await producer.stop()
+        raise _Fail(f"cannot reach the broker at {bootstrap}: {exc}") from None
+    try:
+        for generation_id in requests:
+            started = await replaying.start_new_attempt(pool, producer, generation_id)
+            typer.echo(f"started attempt {started.attempt} of {generation_id} (event {started.event_id})")
+    finally:
+        await producer.stop()
+
+
+dlq_app = typer.Typer(
+    help="Dead letters: what the stages gave up on, and handing it back to them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dlq_app, name="dlq")
+
+_DLQ_TOPIC_HELP = "one pipeline topic (e.g. generation.accepted); default: every pipeline topic's DLQ"
+
+
+def _dlq_names(topic: str | None) -> list[str]:
+    from reelstream import dlq as dead_letters
+
+    try:
+        return dead_letters.dlq_topics(topic)
+    except ValueError as exc:
+        raise _Fail(str(exc), _USAGE) from None
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: Annotated[str | None, typer.Option(help=_DLQ_TOPIC_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON array, for scripts")] = False,
+) -> None:
+    """Show every dead letter: topic, event id, generation, error and time."""
+    from reelstream import dlq as dead_letters
+
+    async def run() -> None:
+        settings = _tool_settings()  # inside: a bad setting is one plain line too
+        names = _dlq_names(topic)
+        letters = await dead_letters.list_dead_letters(_bootstrap(settings), names)
+        if as_json:
+            typer.echo(json.dumps([letter.as_json() for letter in letters], indent=2))
+            return
+        if not letters:
+            typer.echo("no dead letters")
+            return
+        columns = ("topic", "event id", "generation", "error", "time")
+        rows = [
+            (
+                letter.original_topic,
+                letter.event_id or "-",
+                letter.generation_id or "-",
+                " ".join(letter.error.split()),
+                dead_letters.rfc3339(letter.timestamp),
+            )
+            for letter in letters
+        ]
+        if not sys.stdout.isatty():  # a pipe or a file: one tab-separated line per letter, nothing wrapped
+            for row in (columns, *rows):
+                typer.echo("\t".join(row))
+            return
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table()
+        for column in columns:  # folded rather than cut: an id with an ellipsis is no use
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))  # an error text may contain [brackets]
+        Console().print(table)
+
+    _run_tool(run)
+
+
+@dlq_app.command(
+    "redrive",
+    help="Hand dead letters back to their stage: the original bytes and key, to the original topic."
+    "\n\nA generation that already ended is not revived (`reelstream replay --generation ID --force`"
+    " starts a new attempt); a letter its stage has handled since is skipped.",
+)
+def dlq_redrive(
+    topic: Annotated[str | None, typer.Option(help=_DLQ_TOPIC_HELP)] = None,
+    event_id: Annotated[
+        str | None, typer.Option("--id", help="only the dead letter of this event id")
+    ] = None,
+) -> None:
+    """Redrive dead letters; the user-facing text is the ``help`` above."""
+    from reelstream import dlq as dead_letters
+
+    async def run() -> None:
+        settings = _tool_settings()  # inside: a bad setting is one plain line too
+        names = _dlq_names(topic)
+        bootstrap = _bootstrap(settings)
+        async with _database(settings) as pool:
+            letters = await dead_letters.list_dead_letters(bootstrap, names)
+            report = await dead_letters.redrive(bootstrap, pool, letters, event_id=event_id)
+        total = sum(report.redriven.values())
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(report.redriven.items()))
+        typer.echo(f"redrove {total} dead letter(s)" + (f": {counts}" if counts else ""))
+        for letter_id, generation_id, state in report.ended:
+            typer.echo(
+                f"skipped {letter_id or 'a letter'} of {generation_id} ({state}): a generation that ended"
+                " is not revived; replay --force starts a new attempt"
+                f" (`reelstream replay --generation {generation_id} --force`)"
+            )
+        if report.handled:
+            typer.echo(f"skipped {report.handled} dead letter(s) their stage has handled since")
+        if report.repeats:
+            typer.echo(f"skipped {report.repeats} repeated copy(ies) of a letter redriven above")
+
+    _run_tool(run)
 
 
 def main() -> None:
