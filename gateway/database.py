@@ -84,6 +84,12 @@ async def connection(deps: GatewayDeps) -> AsyncIterator[asyncpg.Connection]:
     """
     try:
         async with deps.pool.acquire(timeout=deps.settings.gateway_db_acquire_timeout_seconds) as conn:
-            yield conn
+            try:
+                yield conn
+            except (TimeoutError, OSError):
+                # A statement that timed out on the client (a silent network) leaves the connection in
+                # an unknown state: drop it now rather than wait for a graceful reset that would hang too.
+                conn.terminate()
+                raise
     except OUTAGE_ERRORS as exc:
         raise DatabaseUnavailable(describe(exc)) from exc
