@@ -25,10 +25,12 @@ from gateway.memory import RecentGenerations
 from reelstream import db
 from reelstream.events import now
 from reelstream.settings import Settings
+from reelstream.webhooks import sign
 from schemas import topics
 from schemas.api import GenerationDetail, GenerationRequest, Progress
 from schemas.events import GenerationRequested, GenerationStatusChanged
 
+WEBHOOK = b'{"id": "p_outage", "status": "succeeded", "output": "https://example.invalid/o.mp4"}'
 BODY = {"prompt": "Lemonade on a hot day", "duration_seconds": 10, "aspect_ratio": "9:16"}
 #: "Within a few seconds": the acquire timeout (1 s here) or the statement timeout (2 s), plus slack.
 QUICK = 4.0
@@ -138,6 +140,9 @@ async def test_everything_answers_quickly_while_the_database_is_cut(
         "cancel": gw.client.post(f"/api/v1/generations/{before}/cancel"),
         "cancel remembered": gw.client.post(f"/api/v1/generations/{gid}/cancel"),
         "video": gw.client.get(f"/api/v1/generations/{before}/video"),
+        "webhook": gw.client.post(  # the provider retries it later
+            "/api/v1/webhooks/replicate", data=WEBHOOK, headers=sign(gw.secret, WEBHOOK, webhook_id="msg_1")
+        ),
     }.items():
         resp, figures[what] = await _timed(call)
         await _assert_unavailable(resp, figures[what], what)
