@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -378,8 +379,11 @@ class StatusHub:
         try:
             async with connection(self._deps) as conn:
                 clips = await load_clips(conn, generation_id)  # once, shared by every subscriber
-        except DatabaseUnavailable as exc:
-            log.warning("status hub could not read the clips of %s: %s", generation_id, exc)
+        except (
+            DatabaseUnavailable,
+            asyncpg.PostgresError,
+        ) as exc:  # the status still goes out, without clips
+            log.warning("status hub could not read the clips of %s: %r", generation_id, exc)
             clips = None
         for sub in list(self._subs.get(generation_id, ())):
             sub.offer(event, clips)
