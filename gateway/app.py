@@ -16,6 +16,7 @@ from gateway.auth import LIMITER, SlidingWindow, auth_middleware
 from gateway.deps import DEPS, GatewayDeps
 from gateway.errors import error_middleware, observe_middleware
 from gateway.health import READINESS, Readiness
+from gateway.memory import RECENT, RecentGenerations
 
 __all__ = ["GatewayDeps", "create_app", "run_gateway"]
 
@@ -42,6 +43,8 @@ def create_app(deps: GatewayDeps) -> web.Application:
     app[DEPS] = deps
     app[LIMITER] = SlidingWindow(deps.settings.rate_limit_per_minute)
     app[READINESS] = Readiness()
+    app[RECENT] = RecentGenerations(deps.settings.gateway_memory_size)
+    app[webhooks.CANCELS] = {}
     app[ws.SOCKETS] = {}
     for table in (
         generations.routes,
@@ -56,6 +59,7 @@ def create_app(deps: GatewayDeps) -> web.Application:
         app.add_routes(table)
     app.cleanup_ctx.append(ws.hub_context)
     app.on_shutdown.append(ws.close_sockets)
+    app.on_cleanup.append(webhooks.stop_cancels)
     return app
 
 

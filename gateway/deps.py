@@ -17,6 +17,9 @@ from reelstream.webhooks import SecretSource
 class GatewayDeps:
     """Every outside dependency of the gateway; nothing in ``gateway`` opens its own pools or producers.
 
+    ``pool`` is the gateway's own (``gateway.database.open_pool``), never the stages': a burst of stage
+    work must not starve the API.
+
     ``provider`` is only used to cancel outstanding predictions (None: cancel only marks the clips).
     ``webhook_secret`` is the Standard Webhooks secret provider webhooks are verified with (fixed, or
     fetched from the provider when first needed). ``redis`` caches prediction mappings (optional).

@@ -15,6 +15,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
+from gateway.database import DatabaseUnavailable, describe, is_outage
+from gateway.deps import get_deps
 from reelstream import metrics
 from schemas.api import ErrorBody, ErrorDetail, FieldError
 
@@ -149,9 +151,31 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
+def database_unavailable(request: web.Request, exc: BaseException) -> web.Response:
+    """503 ``unavailable`` with ``Retry-After``: the one answer to any database outage in a request."""
+    retry_after = str(get_deps(request).settings.gateway_retry_after_seconds)
+    log.warning(
+        "database unavailable on %s %s (request %s): %s",
+        request.method,
+        request.path,
+        request_id(request),
+        str(exc) if isinstance(exc, DatabaseUnavailable) else describe(exc),
+    )
+    return error_response(
+        503,
+        "unavailable",
+        f"the database is unavailable; retry in {retry_after}s",
+        headers={"Retry-After": retry_after},
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every failure as JSON; an unexpected exception is logged with the request id, not shown."""
+    """Render every failure as JSON; an unexpected exception is logged with the request id, not shown.
+
+    A database outage (:func:`gateway.database.is_outage`) is a 503 with ``Retry-After``, decided here
+    once rather than in every route.
+    """
     try:
         return await handler(request)
     except ApiError as exc:
@@ -165,7 +189,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, code, message, headers=headers)
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception as exc:
+        if is_outage(exc):
+            return database_unavailable(request, exc)
         log.exception(
             "unhandled error on %s %s (request %s)", request.method, request.path, request_id(request)
         )

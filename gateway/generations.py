@@ -2,6 +2,12 @@
 
 Creating writes the row first and publishes ``generation.requested`` before answering 202, so the id a
 client gets is immediately readable (``queued``, never 404) and is already on its way to the stages.
+
+While Postgres is unreachable (and the broker is not) orders still come in: the request goes to
+``generation.requested`` without its row, and intake inserts the row (idempotently, with the same
+``created_at``) once the database is back. The gateway remembers what it accepted
+(:mod:`gateway.memory`), so reading the generation back works meanwhile. An order with an
+``Idempotency-Key`` is refused with 503 instead: its key cannot be checked.
 """
 
 import asyncio
@@ -19,6 +25,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway.body import json_body
+from gateway.database import DatabaseUnavailable, connection
 from gateway.deps import GatewayDeps, get_deps
 from gateway.detail import (
     generation_path,
@@ -28,9 +35,10 @@ from gateway.detail import (
     websocket_path,
 )
 from gateway.errors import PRINCIPAL, ApiError, json_response, not_found, request_id, validation_error
+from gateway.memory import RECENT, owner_digest
 from gateway.publishing import PublishFailed, gateway_event, publish
 from reelstream import metrics, status
-from reelstream.events import derive_id
+from reelstream.events import derive_id, now
 from schemas import topics
 from schemas.api import (
     TERMINAL,
@@ -145,7 +153,7 @@ async def _abandon(deps: GatewayDeps, generation_id: str, key: str | None, reaso
     Freeing the key lets the client's retry (same key, after our 503) create a fresh generation instead
     of being handed back this dead one.
     """
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with connection(deps) as conn, conn.transaction():
         await status.set_status(
             conn,
             generation_id,
@@ -163,6 +171,25 @@ async def _abandon(deps: GatewayDeps, generation_id: str, key: str | None, reaso
             )
 
 
+async def _store(
+    deps: GatewayDeps, generation_id: str, req: GenerationRequest, key: str | None, digest: str
+) -> GenerationCreated | datetime:
+    """Insert the row (and key): its ``created_at``, or the generation an idempotent replay returns."""
+    async with connection(deps) as conn:
+        for _ in range(3):
+            if key is not None:
+                replayed = await _replay(conn, key, digest)
+                if replayed is not None:
+                    return replayed
+            try:
+                return await _insert(conn, generation_id, req, key, digest)
+            except asyncpg.UniqueViolationError:
+                if key is None:
+                    raise
+                continue  # a concurrent request with the same key won the race: answer with its generation
+    raise ApiError(409, "conflict", f"this {IDEMPOTENCY_HEADER} is being used concurrently; retry")
+
+
 @routes.post("/api/v1/generations")
 async def create_generation(request: web.Request) -> web.Response:
     deps = get_deps(request)
@@ -170,22 +197,18 @@ async def create_generation(request: web.Request) -> web.Response:
     req = await json_body(request, GenerationRequest)
     digest = request_hash(req)
     generation_id = "gen_" + uuid.uuid4().hex
-    async with deps.pool.acquire() as conn:
-        created_at: datetime | None = None
-        for _ in range(3):
-            if key is not None:
-                replayed = await _replay(conn, key, digest)
-                if replayed is not None:
-                    return json_response(replayed, status=200)
-            try:
-                created_at = await _insert(conn, generation_id, req, key, digest)
-                break
-            except asyncpg.UniqueViolationError:
-                if key is None:
-                    raise
-                continue  # a concurrent request with the same key won the race: answer with its generation
-        if created_at is None:
-            raise ApiError(409, "conflict", f"this {IDEMPOTENCY_HEADER} is being used concurrently; retry")
+    inserted = True
+    try:
+        stored = await _store(deps, generation_id, req, key, digest)
+    except DatabaseUnavailable as exc:
+        if key is not None:
+            raise  # the key cannot be checked: 503, the client retries with the same key
+        # Queue it without the row; intake inserts it (ON CONFLICT DO NOTHING, created_at = requested_at).
+        log.warning("generation %s accepted without its row, database unavailable: %s", generation_id, exc)
+        stored, inserted = now(), False
+    if isinstance(stored, GenerationCreated):
+        return json_response(stored, status=200)
+    created_at = stored
 
     event = gateway_event(
         topics.GENERATION_REQUESTED,
@@ -197,8 +220,10 @@ async def create_generation(request: web.Request) -> web.Response:
         await publish(deps.producer, [(topics.GENERATION_REQUESTED, event)])
     except PublishFailed as exc:
         log.error("generation %s not queued (request %s): %s", generation_id, request_id(request), exc)
-        await _abandon(deps, generation_id, key, str(exc))
+        if inserted:
+            await _abandon(deps, generation_id, key, str(exc))
         raise ApiError(503, "unavailable", "the job queue is unavailable; retry later") from None
+    request.app[RECENT].accepted(generation_id, req, created_at, owner_digest(request))
     log.info("generation %s requested (request %s)", generation_id, request_id(request))
     return json_response(
         _created(generation_id, "queued", created_at),
@@ -257,7 +282,7 @@ async def list_generations(request: web.Request) -> web.Response:
     wanted = _statuses(request)
     cursor = request.query.get("cursor")
     after: tuple[datetime, str] | tuple[None, None] = decode_cursor(cursor) if cursor else (None, None)
-    async with get_deps(request).pool.acquire() as conn:
+    async with connection(get_deps(request)) as conn:
         rows = await conn.fetch(
             "SELECT id, status, prompt, duration_seconds, aspect_ratio, created_at, updated_at, video"
             " FROM generations"
@@ -281,16 +306,49 @@ async def list_generations(request: web.Request) -> web.Response:
 async def detail_or_404(deps: GatewayDeps, generation_id: str) -> GenerationDetail:
     if not valid_generation_id(generation_id):
         raise not_found(f"no generation {generation_id[:80]!r}")
-    async with deps.pool.acquire() as conn:
+    async with connection(deps) as conn:
         detail = await load_detail(conn, generation_id)
     if detail is None:
         raise not_found(f"no generation {generation_id}")
     return detail
 
 
+def _remembered(request: web.Request, generation_id: str) -> GenerationDetail | None:
+    """This gateway's memory of the generation (see :mod:`gateway.memory`), if the caller may see it."""
+    return request.app[RECENT].detail(
+        generation_id,
+        caller=owner_digest(request),
+        keys_required=bool(get_deps(request).settings.api_key_set),
+    )
+
+
+async def read_detail(request: web.Request, generation_id: str) -> GenerationDetail | None:
+    """The detail from Postgres, else from memory; None when there is no such generation.
+
+    Memory answers when Postgres cannot (never seen either: :class:`DatabaseUnavailable` goes up), and
+    when Postgres has no row yet for an order accepted while it was away (intake inserts it shortly).
+    """
+    try:
+        async with connection(get_deps(request)) as conn:
+            detail = await load_detail(conn, generation_id)
+    except DatabaseUnavailable:
+        detail = _remembered(request, generation_id)
+        if detail is None:
+            raise
+    if detail is None and request.app[RECENT].waiting_for_row(generation_id):
+        detail = _remembered(request, generation_id)
+    return detail
+
+
 @routes.get("/api/v1/generations/{generation_id}")
 async def get_generation(request: web.Request) -> web.Response:
-    return json_response(await detail_or_404(get_deps(request), request.match_info["generation_id"]))
+    generation_id = request.match_info["generation_id"]
+    if not valid_generation_id(generation_id):
+        raise not_found(f"no generation {generation_id[:80]!r}")
+    detail = await read_detail(request, generation_id)
+    if detail is None:
+        raise not_found(f"no generation {generation_id}")
+    return json_response(detail)
 
 
 # -- cancel --------------------------------------------------------------------------------------------
@@ -328,8 +386,11 @@ async def cancel_generation(request: web.Request) -> web.Response:
     if not valid_generation_id(generation_id):
         raise not_found(f"no generation {generation_id[:80]!r}")
     collected = _Collector()
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with connection(deps) as conn, conn.transaction():
         current = await status.current(conn, generation_id)  # locks the row until commit
+        if current is None and request.app[RECENT].waiting_for_row(generation_id):
+            # Accepted while the database was away; intake has not written its row yet.
+            raise DatabaseUnavailable("the generation is not recorded yet")
         if current is None:
             raise not_found(f"no generation {generation_id}")
         if current in TERMINAL or not await status.set_status(

@@ -83,6 +83,7 @@ def _document(
         "422": _error("`validation_error`: `details` names every bad field"),
     }
     not_found = {"404": _error("`not_found`: unknown or malformed id")}
+    db_down = {"503": _error("`unavailable`: the database is unavailable; retry after `Retry-After` seconds")}
     request_body = {"required": True, "content": _json(inp(GenerationRequest))}
     paths: dict[str, Any] = {
         "/api/v1/generations": {
@@ -107,7 +108,10 @@ def _document(
                     **auth_errors,
                     "409": _error("`conflict`: the Idempotency-Key was used with a different body"),
                     "429": _error("`rate_limited`: see Retry-After"),
-                    "503": _error("`unavailable`: the job queue is down"),
+                    "503": _error(
+                        "`unavailable`: the job queue is down, or the database is and an Idempotency-Key "
+                        "was sent (without one, the order is still taken); see Retry-After"
+                    ),
                 },
             },
             "get": {
@@ -131,6 +135,7 @@ def _document(
                     "200": {"description": "A page", "content": _json(out(GenerationPage))},
                     "422": _error("`validation_error`: bad limit, cursor or status"),
                     **auth_errors,
+                    **db_down,
                 },
             },
         },
@@ -139,9 +144,14 @@ def _document(
                 "operationId": "getGeneration",
                 "parameters": [_GEN_ID],
                 "responses": {
-                    "200": {"description": "The generation", "content": _json(out(GenerationDetail))},
+                    "200": {
+                        "description": "The generation (while the database is unavailable: as far as this "
+                        "gateway knows it, with nulls where it knows nothing)",
+                        "content": _json(out(GenerationDetail)),
+                    },
                     **not_found,
                     **auth_errors,
+                    "503": _error("`unavailable`: the database is unavailable and this id was not seen here"),
                 },
             }
         },
@@ -154,6 +164,7 @@ def _document(
                     **not_found,
                     "409": _error("`conflict`: the generation has already ended"),
                     **auth_errors,
+                    **db_down,
                 },
             }
         },
@@ -167,6 +178,7 @@ def _document(
                     "302": {"description": "Redirect to a presigned URL (S3 storage)"},
                     "404": _error("`not_found`: unknown id, or not completed yet"),
                     **auth_errors,
+                    **db_down,
                 },
             }
         },
@@ -179,6 +191,7 @@ def _document(
                     "302": {"description": "Redirect to a presigned URL (S3 storage)"},
                     "404": _error("`not_found`: unknown id, or not completed yet"),
                     **auth_errors,
+                    **db_down,
                 },
             }
         },
@@ -192,6 +205,7 @@ def _document(
                     "302": {"description": "Redirect to a presigned URL (S3 storage)"},
                     "404": _error("`not_found`: unknown ids, or the clip is not stored yet"),
                     **auth_errors,
+                    **db_down,
                 },
             }
         },
@@ -219,7 +233,8 @@ def _document(
                 "requestBody": {"required": True, "content": _json(inp(Prediction))},
                 "responses": {
                     "200": {
-                        "description": "Accepted, duplicate, ignored (not terminal) or unknown prediction",
+                        "description": "Accepted, duplicate, ignored (not terminal) or unknown prediction "
+                        "(not from a submission of ours: not attached, and canceled at the provider)",
                         "content": _json(
                             {
                                 "type": "object",
@@ -234,7 +249,7 @@ def _document(
                     "401": _error("`unauthorized`: missing, bad or stale signature"),
                     "413": _error("`payload_too_large`: over 1 MiB"),
                     "422": _error("`validation_error`: not a prediction"),
-                    "503": _error("`unavailable`: could not be queued; the provider retries"),
+                    "503": _error("`unavailable`: could not be checked or queued; the provider retries"),
                 },
             }
         },

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
+from gateway.database import connection
 from gateway.deps import get_deps
 from gateway.detail import valid_clip_id, valid_generation_id
 from gateway.errors import not_found
@@ -46,9 +47,8 @@ async def serve_key(store: Storage, key: str, content_type: str, *, missing: str
 async def _generation_status(request: web.Request, generation_id: str) -> str:
     if not valid_generation_id(generation_id):
         raise not_found(f"no generation {generation_id[:80]!r}")
-    value: str | None = await get_deps(request).pool.fetchval(
-        "SELECT status FROM generations WHERE id = $1", generation_id
-    )
+    async with connection(get_deps(request)) as conn:
+        value: str | None = await conn.fetchval("SELECT status FROM generations WHERE id = $1", generation_id)
     if value is None:
         raise not_found(f"no generation {generation_id}")
     return value
@@ -84,11 +84,12 @@ async def clip_video(request: web.Request) -> web.StreamResponse:
     clip_id = request.match_info["clip_id"]
     if not valid_generation_id(generation_id) or not valid_clip_id(clip_id):
         raise not_found("no such clip")
-    stored = await get_deps(request).pool.fetchval(
-        "SELECT storage_key IS NOT NULL FROM clips WHERE generation_id = $1 AND clip_id = $2",
-        generation_id,
-        clip_id,
-    )
+    async with connection(get_deps(request)) as conn:
+        stored = await conn.fetchval(
+            "SELECT storage_key IS NOT NULL FROM clips WHERE generation_id = $1 AND clip_id = $2",
+            generation_id,
+            clip_id,
+        )
     if not stored:
         raise not_found(f"clip {clip_id} of {generation_id} has no video yet")
     return await serve_key(

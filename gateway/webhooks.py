@@ -1,19 +1,29 @@
 """Provider webhooks in, ``clip.completed`` out; and the local provider's output files.
 
 The order is deliberate: verify the signature on the raw bytes before parsing anything (an unsigned
-body is never even decoded), then dedupe on ``webhook-id`` (providers redeliver), then publish, and
-only then answer 2xx. If the publish fails the dedupe mark is removed and we answer 503, so the
-provider's retry gets a second chance instead of being discarded as a duplicate.
+body is never even decoded), then check the prediction is one we made, then dedupe on ``webhook-id``
+(providers redeliver), then publish, and only then answer 2xx. If the publish fails the dedupe mark is
+removed and we answer 503, so the provider's retry gets a second chance instead of being discarded as
+a duplicate.
+
+A signature proves the provider sent the webhook, not that we asked for the prediction: anyone holding
+the account's token can create one with our URL and any ``?marker=`` (which the signature does not
+cover). So a webhook is attached to a clip only for a prediction id we recorded, or, for one not recorded
+yet, a marker naming a submission intent we wrote before calling the provider and not bound to another
+prediction. Anything else is logged, its prediction canceled at the provider (in the background,
+bounded) and answered 2xx, so the provider stops retrying.
 """
 
 import asyncio
 import logging
 import re
 
+import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.body import read_body
+from gateway.database import connection
 from gateway.deps import GatewayDeps, get_deps
 from gateway.errors import ApiError, not_found, request_id
 from gateway.publishing import PublishFailed, gateway_event, publish
@@ -30,6 +40,13 @@ routes = web.RouteTableDef()
 WEBHOOK_BODY_LIMIT = 1024 * 1024
 _SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _OUTPUT_NAME_RE = re.compile(r"^[a-z0-9_]{1,64}\.mp4$")
+#: Bound on one cancel of a prediction that is not ours; it runs off the request path.
+UNTRUSTED_CANCEL_TIMEOUT_SECONDS = 10.0
+#: Cancels in flight at most: a flood of strangers' webhooks cannot pile up tasks.
+MAX_PENDING_CANCELS = 100
+
+#: Predictions being canceled because their webhook was not ours, by prediction id.
+CANCELS = web.AppKey("reelstream_untrusted_cancels", dict[str, "asyncio.Task[None]"])
 
 
 def _answer(outcome: str, status: int = 200) -> web.Response:
@@ -37,21 +54,85 @@ def _answer(outcome: str, status: int = 200) -> web.Response:
     return web.json_response({"status": outcome}, status=status)
 
 
-async def _resolve(deps: GatewayDeps, prediction_id: str, mark: str | None) -> mapping.ClipRef | None:
-    """(generation, clip, attempt) of a prediction: from our records, else from the URL's marker.
+async def _resolve(
+    conn: asyncpg.Connection, deps: GatewayDeps, prediction_id: str, mark: str | None
+) -> mapping.ClipRef | None:
+    """(generation, clip, attempt) of a prediction we made; None for one we did not.
 
-    The marker covers a webhook that beats the recording of its submission (fast renders, or a create
-    whose response was lost). The marker is not signed, so it is only trusted for a generation that
-    exists, and never overrides what the records say.
+    Our records first (Redis cache, ``predictions``); they always win over the marker. Else the marker,
+    trusted only when it names a submission intent (written before the provider was called) whose
+    prediction is still unknown or is this one: a fast webhook that beats the recording of its
+    submission, or a create whose answer was lost. The intent's own columns win over the marker's text.
     """
-    ref = await mapping.lookup(deps.redis, deps.pool, prediction_id)
+    ref = await mapping.lookup(deps.redis, conn, prediction_id)
     if ref is not None:
         return ref
     parsed = parse_marker(mark) if mark else None
     if parsed is None:
         return None
-    exists = await deps.pool.fetchval("SELECT true FROM generations WHERE id = $1", parsed[0])
-    return mapping.ClipRef(*parsed) if exists else None
+    intent = await conn.fetchrow(
+        "SELECT generation_id, clip_id, attempt, prediction_id FROM submissions WHERE marker = $1", mark
+    )
+    if intent is None or intent["prediction_id"] not in (None, prediction_id):
+        return None
+    return mapping.ClipRef(
+        intent["generation_id"] or parsed[0],
+        intent["clip_id"] or parsed[1],
+        intent["attempt"] if intent["attempt"] is not None else parsed[2],
+    )
+
+
+async def _cancel_quietly(deps: GatewayDeps, prediction_id: str) -> None:
+    """Best effort: a prediction we fail to cancel ends on its own; its webhooks stay refused."""
+    if deps.provider is None:
+        return
+    try:
+        await asyncio.wait_for(deps.provider.cancel(prediction_id), timeout=UNTRUSTED_CANCEL_TIMEOUT_SECONDS)
+        log.info("canceled prediction %s, which is not ours", prediction_id)
+    except Exception as exc:
+        log.warning(
+            "could not cancel prediction %s, which is not ours: %s", prediction_id, type(exc).__name__
+        )
+
+
+def cancel_in_background(app: web.Application, deps: GatewayDeps, prediction_id: str) -> None:
+    """Start canceling ``prediction_id`` without holding up the webhook's answer (once per id at a time)."""
+    pending = app[CANCELS]
+    if prediction_id in pending:
+        return
+    if len(pending) >= MAX_PENDING_CANCELS:
+        log.warning("too many cancels in flight; prediction %s is left to end on its own", prediction_id)
+        return
+    task = asyncio.create_task(_cancel_quietly(deps, prediction_id), name=f"cancel-{prediction_id}")
+    pending[prediction_id] = task
+    task.add_done_callback(lambda _: pending.pop(prediction_id, None))
+
+
+async def stop_cancels(app: web.Application) -> None:
+    """On cleanup: the cancels still running are abandoned (best effort, and shutdown is bounded)."""
+    tasks = list(app[CANCELS].values())
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _refuse(
+    request: web.Request, deps: GatewayDeps, webhook_id: str, prediction: Prediction, mark: str | None
+) -> web.Response:
+    """Not a submission of ours: log who it claims to be for, cancel it, and answer 2xx.
+
+    Not recorded as seen: a redelivery once the submission is recorded would still get through.
+    """
+    parsed = parse_marker(mark) if mark else None
+    log.warning(
+        "webhook %s for prediction %s (%s) is not from a submission of ours%s; canceling the prediction",
+        webhook_id,
+        prediction.id,
+        prediction.status,
+        f" (its marker names {parsed[0]} {parsed[1]} attempt {parsed[2]})" if parsed else "",
+    )
+    cancel_in_background(request.app, deps, prediction.id)
+    return _answer("unknown_prediction")
 
 
 async def _secret(deps: GatewayDeps) -> str:
@@ -87,25 +168,24 @@ async def replicate_webhook(request: web.Request) -> web.Response:
             "the webhook body is not a prediction",
             details=field_errors(exc.errors(include_url=False, include_input=False)),
         ) from None
-    if not prediction.terminal:
-        return _answer("ignored")  # progress updates: the clip's fate is decided by the terminal one
+    mark = request.query.get("marker")
 
-    resolved = await _resolve(deps, prediction.id, request.query.get("marker"))
-    if resolved is None:
-        # Answer 2xx: the provider retrying cannot make an unknown prediction known. Not recorded as
-        # seen, so a redelivery after the submission is recorded still gets through.
-        log.warning("webhook %s for unknown prediction %s ignored", webhook_id, prediction.id)
-        return _answer("unknown_prediction")
-    generation_id, clip_id, attempt = resolved
-
-    fresh = await deps.pool.fetchval(
-        "INSERT INTO webhook_deliveries (webhook_id, prediction_id) VALUES ($1, $2)"
-        " ON CONFLICT DO NOTHING RETURNING true",
-        webhook_id,
-        prediction.id,
-    )
+    async with connection(deps) as conn:
+        resolved = await _resolve(conn, deps, prediction.id, mark)
+        if resolved is None:
+            # Progress updates too: a stranger's prediction still running is the one worth canceling.
+            return _refuse(request, deps, webhook_id, prediction, mark)
+        if not prediction.terminal:
+            return _answer("ignored")  # progress updates: the clip's fate is decided by the terminal one
+        fresh = await conn.fetchval(
+            "INSERT INTO webhook_deliveries (webhook_id, prediction_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING RETURNING true",
+            webhook_id,
+            prediction.id,
+        )
     if not fresh:
         return _answer("duplicate")
+    generation_id, clip_id, attempt = resolved
 
     event = gateway_event(
         topics.CLIP_COMPLETED,
@@ -123,7 +203,8 @@ async def replicate_webhook(request: web.Request) -> web.Response:
         await publish(deps.producer, [(topics.CLIP_COMPLETED, event)])
     except PublishFailed as exc:
         log.error("webhook %s not published, asking the provider to retry: %s", webhook_id, exc)
-        await deps.pool.execute("DELETE FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
+        async with connection(deps) as conn:
+            await conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
         metrics.WEBHOOKS.labels("unavailable").inc()
         raise ApiError(503, "unavailable", "could not record the webhook; retry later") from None
     log.info(

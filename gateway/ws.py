@@ -10,6 +10,11 @@ Events that arrive in between are held back and then filtered against the snapsh
 happened after the snapshot is missed and nothing older than it is replayed as news. Statuses never
 move backward for a subscriber (events of different stages can arrive out of order).
 
+The hub also keeps this process's memory of recent generations (:mod:`gateway.memory`) current: the
+last status of every generation on ``generation.status``, and every request on ``generation.requested``,
+so reads can be answered while Postgres is unreachable. A WebSocket opened meanwhile gets its snapshot
+from that memory (or is closed with 1013, try again later, for a generation not remembered).
+
 Slow clients cannot slow anyone else down: the hub only ever does a non-blocking put into each
 subscriber's bounded queue; a subscriber whose queue overflows is closed with 1013 (try again later)
 and can reconnect for a fresh snapshot.
@@ -35,9 +40,12 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from gateway.deps import DEPS, get_deps
-from gateway.detail import load_clips, load_detail, valid_generation_id
+from gateway.database import DatabaseUnavailable, connection
+from gateway.deps import DEPS, GatewayDeps
+from gateway.detail import load_clips, valid_generation_id
 from gateway.errors import request_id
+from gateway.generations import read_detail
+from gateway.memory import RECENT, RecentGenerations
 from reelstream import metrics
 from reelstream.events import decode
 from schemas import topics
@@ -51,7 +59,7 @@ from schemas.api import (
     StatusMessage,
     status_rank,
 )
-from schemas.events import GenerationStatusChanged
+from schemas.events import GenerationRequested, GenerationStatusChanged
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -188,19 +196,23 @@ class Subscriber:
 
 
 class StatusHub:
-    """Fans ``generation.status`` out to this process's WebSocket subscribers (one hub per process)."""
+    """Fans ``generation.status`` out to this process's WebSocket subscribers (one hub per process),
+    and keeps ``recent`` up to date from it and from ``generation.requested``."""
 
     def __init__(
         self,
-        bootstrap: str,
-        pool: asyncpg.Pool,
+        deps: GatewayDeps,
+        recent: RecentGenerations,
         *,
         topic: str = topics.GENERATION_STATUS,
+        requests_topic: str = topics.GENERATION_REQUESTED,
         partition_refresh_seconds: float = 3.0,
     ) -> None:
-        self._bootstrap = bootstrap
-        self._pool = pool
+        self._bootstrap = deps.kafka_bootstrap
+        self._deps = deps
+        self._recent = recent
         self._topic = topic
+        self._requests_topic = requests_topic
         self._refresh = partition_refresh_seconds
         self._subs: dict[str, set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -288,10 +300,14 @@ class StatusHub:
         The first partitions start at the end; partitions found later start at their beginning,
         since everything in them was written after we started watching.
         """
-        partitions = consumer.partitions_for_topic(self._topic)
+        partitions = {
+            TopicPartition(topic, p)
+            for topic in (self._topic, self._requests_topic)
+            for p in consumer.partitions_for_topic(topic) or ()
+        }
         if not partitions:
             return
-        new = {TopicPartition(self._topic, p) for p in partitions} - assigned
+        new = partitions - assigned
         if not new:
             return
         kept = {tp: await consumer.position(tp) for tp in assigned}
@@ -305,7 +321,9 @@ class StatusHub:
         for tp in new:
             await consumer.position(tp)  # resolve now, not lazily at the first fetch
         assigned |= new
-        log.info("status hub watching %d partitions of %s", len(assigned), self._topic)
+        log.info(
+            "status hub watching %d partitions of %s and %s", len(assigned), self._topic, self._requests_topic
+        )
         self.ready.set()
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
@@ -323,12 +341,24 @@ class StatusHub:
                 for record in records:
                     await self._dispatch(record)
 
+    def _remember_request(self, record: ConsumerRecord[bytes, bytes], generation_id: str) -> None:
+        try:
+            event = GenerationRequested.model_validate(decode(record.value).data)
+        except (ValueError, ValidationError) as exc:
+            log.warning(
+                "undecodable request at %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc
+            )
+            return
+        if event.generation_id == generation_id:
+            self._recent.requested(event)
+
     async def _dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.key is None:
             return
         generation_id = record.key.decode(errors="replace")
-        if generation_id not in self._subs:
-            return  # nobody here is watching: skip without decoding
+        if record.topic == self._requests_topic:
+            self._remember_request(record, generation_id)
+            return
         try:
             event = GenerationStatusChanged.model_validate(decode(record.value).data)
         except (ValueError, ValidationError) as exc:
@@ -342,12 +372,18 @@ class StatusHub:
             return
         if event.generation_id != generation_id:
             return
+        self._recent.status_seen(event)
+        if generation_id not in self._subs:
+            return  # nobody here is watching
         clips: list[Clip] | None
         try:
-            async with self._pool.acquire(timeout=5) as conn:
+            async with connection(self._deps) as conn:
                 clips = await load_clips(conn, generation_id)  # once, shared by every subscriber
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("status hub could not read the clips of %s: %s", generation_id, exc)
+        except (
+            DatabaseUnavailable,
+            asyncpg.PostgresError,
+        ) as exc:  # the status still goes out, without clips
+            log.warning("status hub could not read the clips of %s: %r", generation_id, exc)
             clips = None
         for sub in list(self._subs.get(generation_id, ())):
             sub.offer(event, clips)
@@ -360,8 +396,7 @@ SOCKETS = web.AppKey("reelstream_websockets", dict[web.WebSocketResponse, "async
 
 async def hub_context(app: web.Application) -> AsyncIterator[None]:
     """App lifecycle: the hub runs exactly as long as the application (server or test server)."""
-    deps = app[DEPS]
-    hub = StatusHub(deps.kafka_bootstrap, deps.pool)
+    hub = StatusHub(app[DEPS], app[RECENT])
     app[HUB] = hub
     await hub.start(wait_seconds=HUB_READY_WAIT_SECONDS)
     yield
@@ -432,8 +467,11 @@ async def generation_socket(request: web.Request) -> web.WebSocketResponse:
     metrics.WEBSOCKETS.inc()
     try:
         try:
-            async with get_deps(request).pool.acquire() as conn:
-                detail = await load_detail(conn, generation_id)
+            detail = await read_detail(request, generation_id)
+        except DatabaseUnavailable as exc:
+            log.warning("websocket snapshot of %s: database unavailable (%s)", generation_id, exc)
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"database unavailable; retry later")
+            return ws
         except Exception:  # the response is already a WebSocket: say it with a close code, not a body
             log.exception("websocket snapshot of %s failed (request %s)", generation_id, request_id(request))
             await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")

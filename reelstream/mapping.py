@@ -40,7 +40,10 @@ async def remember(redis: aioredis.Redis | None, prediction_id: str, ref: ClipRe
         log.warning("could not cache prediction %s in Redis: %r", prediction_id, exc)
 
 
-async def lookup(redis: aioredis.Redis | None, pool: asyncpg.Pool, prediction_id: str) -> ClipRef | None:
+async def lookup(
+    redis: aioredis.Redis | None, pool: asyncpg.Pool | asyncpg.Connection, prediction_id: str
+) -> ClipRef | None:
+    """The clip of ``prediction_id``, or None; ``pool`` may be a connection the caller already holds."""
     if redis is not None:
         try:
             cached = await redis.get(_key(prediction_id))

@@ -225,22 +225,32 @@ async def run_gateway_task(
     ready: asyncio.Event,
     stop: asyncio.Event,
 ) -> None:
-    """Serve the gateway until ``stop``; found by name like the stages, so plumbing never imports it."""
+    """Serve the gateway until ``stop``; found by name like the stages, so plumbing never imports it.
+
+    The gateway gets a Postgres pool of its own (sized and bounded by the ``gateway_db_*`` settings)
+    rather than ``pool``, the stages': a burst of stage work must never starve the API, webhooks and
+    cancel. ``pool`` is kept in the signature for the callers; the gateway does not use it.
+    """
     gateway_app = importlib.import_module("gateway.app")
+    gateway_database = importlib.import_module("gateway.database")
     assert settings.kafka_bootstrap
-    gateway_deps = gateway_app.GatewayDeps(
-        settings=settings,
-        pool=pool,
-        producer=producer,
-        kafka_bootstrap=settings.kafka_bootstrap,
-        storage=deps.storage,
-        provider=deps.provider,
-        webhook_secret=webhook_secret(settings, deps.provider),
-        redis=deps.redis,
-    )
-    await gateway_app.run_gateway(
-        gateway_deps, host=settings.http_host, port=settings.http_port, ready=ready, stop=stop
-    )
+    own_pool: asyncpg.Pool = await gateway_database.open_pool(settings)
+    try:
+        gateway_deps = gateway_app.GatewayDeps(
+            settings=settings,
+            pool=own_pool,
+            producer=producer,
+            kafka_bootstrap=settings.kafka_bootstrap,
+            storage=deps.storage,
+            provider=deps.provider,
+            webhook_secret=webhook_secret(settings, deps.provider),
+            redis=deps.redis,
+        )
+        await gateway_app.run_gateway(
+            gateway_deps, host=settings.http_host, port=settings.http_port, ready=ready, stop=stop
+        )
+    finally:
+        await own_pool.close()
 
 
 async def run_everything(

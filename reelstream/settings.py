@@ -56,6 +56,21 @@ class Settings(BaseSettings):
     render_concurrency: int = Field(default=2, ge=1)
     stage_concurrency: int = Field(default=16, ge=1)
 
+    #: The gateway's own Postgres pool, apart from the stages' so a burst of stage work never starves the
+    #: API, webhooks and cancel. Small: gateway queries are short, and every connection costs the server.
+    gateway_db_pool_min_size: int = Field(default=1, ge=0)
+    gateway_db_pool_max_size: int = Field(default=10, ge=1)
+    #: How long a request waits for a pool connection (a new one included) before answering 503: a
+    #: saturated or unreachable database must be said quickly, not as a hang and a 500 after 60 s.
+    gateway_db_acquire_timeout_seconds: float = Field(default=2.0, gt=0)
+    #: Bound on one gateway statement, on the client (a silent network) and on the server
+    #: (``statement_timeout``): API reads are milliseconds; anything near this is an outage.
+    gateway_db_statement_timeout_seconds: float = Field(default=5.0, gt=0)
+    #: ``Retry-After`` of a 503 ``unavailable`` caused by the database.
+    gateway_retry_after_seconds: int = Field(default=5, ge=1)
+    #: Generations the gateway remembers (LRU) to answer reads while Postgres is unreachable.
+    gateway_memory_size: int = Field(default=4096, ge=0)
+
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
     log_level: str = "INFO"

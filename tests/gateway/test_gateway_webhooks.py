@@ -1,13 +1,18 @@
 """POST /api/v1/webhooks/replicate and GET /provider/outputs/{name}."""
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway_harness import FailingProducer, Gateway, GatewayFactory, Record, Tap
+import aiohttp
+import pytest
+from fake_replicate import WAN_22_T2V_FAST, FakeReplicate
+from gateway_harness import FailingProducer, Gateway, GatewayFactory, Record, RecordingProvider, Tap
 
-from reelstream.providers import marker
+from reelstream.providers import marker, parse_marker
+from reelstream.providers.replicate import ReplicateVideoProvider
 from reelstream.webhooks import sign
 from schemas import topics
 from schemas.events import ClipCompleted
@@ -104,21 +109,170 @@ async def test_bad_signatures_are_401_and_publish_nothing(gw: Gateway, tap: Any)
     )
 
 
-async def test_marker_resolves_a_prediction_not_recorded_yet(gw: Gateway, tap: Any) -> None:
+async def _intent(gw: Gateway, mark: str, prediction_id: str | None = None, *, columns: bool = True) -> None:
+    """A submission intent as the clips stage writes it before calling the provider."""
+    parsed = parse_marker(mark)
+    assert parsed is not None
+    if columns:
+        await gw.pool.execute(
+            "INSERT INTO submissions (marker, generation_id, clip_id, attempt, prediction_id)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            mark,
+            *parsed,
+            prediction_id,
+        )
+    else:  # the older stage: the marker alone
+        await gw.pool.execute("INSERT INTO submissions (marker) VALUES ($1)", mark)
+
+
+async def _canceled(provider: RecordingProvider, prediction_id: str, within: float = 5.0) -> bool:
+    """Cancels run off the request path: wait (bounded) for the provider to see it."""
+    deadline = asyncio.get_running_loop().time() + within
+    while prediction_id not in provider.canceled:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize("columns", [True, False], ids=["intent", "marker-only-intent"])
+async def test_marker_of_a_submission_intent_resolves_a_prediction_not_recorded_yet(
+    gw: Gateway, tap: Any, columns: bool
+) -> None:
     completed: Tap = await tap(topics.CLIP_COMPLETED)
     gid = await gw.create("Fast render")
+    mark = marker(gid, "clip_03", 1)
+    await _intent(gw, mark, columns=columns)
     prediction_id = f"p_{uuid.uuid4().hex}"
     body = _prediction(prediction_id, "failed")
     webhook_id = f"msg_{uuid.uuid4().hex}"
     resp = await gw.client.post(
-        f"{URL}?marker={marker(gid, 'clip_03', 1)}",
-        data=body,
-        headers=sign(gw.secret, body, webhook_id=webhook_id),
+        f"{URL}?marker={mark}", data=body, headers=sign(gw.secret, body, webhook_id=webhook_id)
     )
     assert resp.status == 200 and await resp.json() == {"status": "accepted"}
     data = ClipCompleted.model_validate((await completed.wait_for(_completed_for(webhook_id))).event.data)
     assert (data.generation_id, data.clip_id, data.attempt) == (gid, "clip_03", 1)
     assert data.prediction.status == "failed"
+    assert prediction_id not in gw.provider.canceled
+
+
+async def test_intent_bound_to_this_prediction_resolves(gw: Gateway, tap: Any) -> None:
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    gid = await gw.create("Answer recorded, prediction not yet")
+    prediction_id = f"p_{uuid.uuid4().hex}"
+    mark = marker(gid, "clip_01", 2)
+    await _intent(gw, mark, prediction_id)
+    body = _prediction(prediction_id)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    resp = await gw.client.post(
+        f"{URL}?marker={mark}", data=body, headers=sign(gw.secret, body, webhook_id=webhook_id)
+    )
+    assert await resp.json() == {"status": "accepted"}
+    data = ClipCompleted.model_validate((await completed.wait_for(_completed_for(webhook_id))).event.data)
+    assert (data.generation_id, data.clip_id, data.attempt) == (gid, "clip_01", 2)
+
+
+async def test_forged_marker_is_refused_and_its_prediction_canceled(gw: Gateway, tap: Any) -> None:
+    """The marker is not signed: naming an existing generation is not enough without our intent."""
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    gid = await gw.create("Someone else's prediction")
+    prediction_id = f"p_{uuid.uuid4().hex}"
+    body = _prediction(prediction_id)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    resp = await gw.client.post(
+        f"{URL}?marker={marker(gid, 'clip_01', 1)}",
+        data=body,
+        headers=sign(gw.secret, body, webhook_id=webhook_id),
+    )
+    assert resp.status == 200
+    assert await resp.json() == {"status": "unknown_prediction"}
+    assert await _canceled(gw.provider, prediction_id)
+    assert await completed.collect(_completed_for(webhook_id), seconds=1.0) == []
+    assert (
+        await gw.pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
+        == 0
+    )
+
+
+async def test_intent_bound_to_another_prediction_is_refused(gw: Gateway, tap: Any) -> None:
+    """A second prediction for one submission (a duplicate create) is not attached, and is canceled."""
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    gid = await gw.create("Duplicate create")
+    mark = marker(gid, "clip_02", 1)
+    await _intent(gw, mark, f"p_{uuid.uuid4().hex}")
+    stray = f"p_{uuid.uuid4().hex}"
+    body = _prediction(stray)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    resp = await gw.client.post(
+        f"{URL}?marker={mark}", data=body, headers=sign(gw.secret, body, webhook_id=webhook_id)
+    )
+    assert await resp.json() == {"status": "unknown_prediction"}
+    assert await _canceled(gw.provider, stray)
+    assert await completed.collect(_completed_for(webhook_id), seconds=1.0) == []
+
+
+async def test_a_strangers_running_prediction_is_canceled_too(gw: Gateway) -> None:
+    """Progress webhooks are checked as well: a running prediction is the one worth canceling."""
+    gid = await gw.create("Running stranger")
+    prediction_id = f"p_{uuid.uuid4().hex}"
+    body = _prediction(prediction_id, "processing")
+    resp = await gw.client.post(
+        f"{URL}?marker={marker(gid, 'clip_01', 1)}",
+        data=body,
+        headers=sign(gw.secret, body, webhook_id=f"msg_{uuid.uuid4().hex}"),
+    )
+    assert await resp.json() == {"status": "unknown_prediction"}
+    assert await _canceled(gw.provider, prediction_id)
+
+
+async def test_a_failing_provider_cancel_still_answers_2xx(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(provider=RecordingProvider(fail_cancel=True))
+    prediction_id = f"p_{uuid.uuid4().hex}"
+    body = _prediction(prediction_id)
+    resp = await gw.client.post(URL, data=body, headers=sign(gw.secret, body, webhook_id="msg_x"))
+    assert resp.status == 200 and await resp.json() == {"status": "unknown_prediction"}
+    assert await _canceled(gw.provider, prediction_id)
+
+
+async def test_forged_marker_cancels_the_prediction_at_replicate(
+    make_gateway: GatewayFactory, tap: Any
+) -> None:
+    """End to end with the Replicate client against the fake: the stranger's running prediction is
+    canceled through Replicate's cancel endpoint, and nothing reaches the pipeline."""
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    fake = await FakeReplicate().start()
+    provider = ReplicateVideoProvider(
+        api_token=fake.token, base_url=fake.base_url, model=WAN_22_T2V_FAST, timeout=5.0
+    )
+    try:
+        gw = await make_gateway(provider=provider)
+        fake.hold_predictions = True  # still running when its webhook is refused
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{fake.base_url}/v1/models/{WAN_22_T2V_FAST}/predictions",
+                json={"input": {"prompt": "not ours"}},
+                headers={"Authorization": f"Bearer {fake.token}"},
+            ) as created:
+                assert created.status == 201
+                prediction_id = (await created.json())["id"]
+        gid = await gw.create("Victim of a forged marker")
+        body = _prediction(prediction_id, "succeeded")
+        webhook_id = f"msg_{uuid.uuid4().hex}"
+        resp = await gw.client.post(
+            f"{URL}?marker={marker(gid, 'clip_01', 1)}",
+            data=body,
+            headers=sign(gw.secret, body, webhook_id=webhook_id),
+        )
+        assert resp.status == 200 and await resp.json() == {"status": "unknown_prediction"}
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while prediction_id not in fake.canceled_ids:
+            assert asyncio.get_running_loop().time() < deadline, "the provider's cancel was not called"
+            await asyncio.sleep(0.05)
+        assert fake.predictions[prediction_id]["status"] == "canceled"
+        assert await completed.collect(_completed_for(webhook_id), seconds=1.0) == []
+    finally:
+        await provider.close()
+        await fake.stop()
 
 
 async def test_predictions_table_wins_over_the_marker(gw: Gateway, tap: Any) -> None:
@@ -148,6 +302,7 @@ async def test_unknown_prediction_is_200_and_not_remembered(gw: Gateway, tap: An
         resp = await gw.client.post(URL + query, data=body, headers=headers)
         assert resp.status == 200
         assert await resp.json() == {"status": "unknown_prediction"}
+    assert await _canceled(gw.provider, prediction_id)
     assert (
         await gw.pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
         == 0

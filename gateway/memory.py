@@ -1,0 +1,132 @@
+"""What this gateway remembers of recent generations, to answer reads while Postgres is unreachable.
+
+Orders keep being accepted while the database is down (the request goes to ``generation.requested``
+and intake writes the row later), so a client that just got its 202 must be able to read its
+generation back. The gateway knows the requests it accepted itself, the ones it sees on
+``generation.requested`` (accepted by any instance: a load balancer may send the read elsewhere) and
+the last status of each on ``generation.status`` (which it reads for the WebSockets anyway). That is
+enough for a valid detail, with nulls where it knows nothing. A status without its request is not:
+such an id is answered like one never seen.
+
+Bounded: a least-recently-used map of ``gateway_memory_size`` ids. Postgres stays the source of truth;
+this is only ever read when Postgres cannot answer (or does not have the row yet).
+"""
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiohttp import web
+
+from gateway.errors import PRINCIPAL
+from schemas.api import TERMINAL, GenerationDetail, GenerationRequest, Progress, status_rank
+from schemas.events import GenerationRequested, GenerationStatusChanged
+
+
+@dataclass
+class Known:
+    """One generation as far as this process knows it."""
+
+    request: GenerationRequest | None = None
+    created_at: datetime | None = None
+    #: Digest of the API key that created it here; None when unknown (seen on the topic) or keyless.
+    owner: str | None = None
+    status: GenerationStatusChanged | None = None
+
+
+def owner_digest(request: web.Request) -> str | None:
+    """Who is asking, as a digest (never the key itself); None when the gateway is open."""
+    principal = request.get(PRINCIPAL)
+    return hashlib.sha256(principal.encode()).hexdigest()[:16] if principal is not None else None
+
+
+def _moves_forward(old: GenerationStatusChanged | None, new: GenerationStatusChanged) -> bool:
+    """Statuses only move forward (events of different stages may arrive out of order)."""
+    if old is None:
+        return True
+    if old.status in TERMINAL:
+        return False
+    if status_rank(new.status) != status_rank(old.status):
+        return status_rank(new.status) > status_rank(old.status)
+    return new.progress.percent >= old.progress.percent
+
+
+class RecentGenerations:
+    """An LRU of :class:`Known` by generation id; every update makes an id the most recent."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Known] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _entry(self, generation_id: str) -> Known:
+        known = self._items.get(generation_id)
+        if known is None:
+            known = self._items[generation_id] = Known()
+        self._items.move_to_end(generation_id)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return known
+
+    def accepted(
+        self, generation_id: str, request: GenerationRequest, created_at: datetime, owner: str | None
+    ) -> None:
+        """A request this process answered 202 for."""
+        if self.capacity <= 0:
+            return
+        known = self._entry(generation_id)
+        known.request, known.created_at, known.owner = request, created_at, owner
+
+    def requested(self, event: GenerationRequested) -> None:
+        """A request seen on ``generation.requested`` (ours or another instance's)."""
+        if self.capacity <= 0:
+            return
+        known = self._entry(event.generation_id)
+        if known.request is None:
+            known.request, known.created_at = event.request, event.requested_at
+
+    def status_seen(self, event: GenerationStatusChanged) -> None:
+        if self.capacity <= 0:
+            return
+        known = self._entry(event.generation_id)
+        if _moves_forward(known.status, event):
+            known.status = event
+
+    def waiting_for_row(self, generation_id: str) -> bool:
+        """Accepted but not yet moved on by any stage: Postgres may simply not have its row yet."""
+        known = self._items.get(generation_id)
+        return known is not None and known.request is not None and known.status is None
+
+    def detail(
+        self, generation_id: str, *, caller: str | None, keys_required: bool
+    ) -> GenerationDetail | None:
+        """The detail from memory, or None when the request is unknown or may not be shown to ``caller``.
+
+        With API keys configured only the key that created it here may read it: a request seen on the
+        topic carries no owner, so it is not shown rather than shown to the wrong client.
+        """
+        known = self._items.get(generation_id)
+        if known is None or known.request is None or known.created_at is None:
+            return None
+        if keys_required and (known.owner is None or known.owner != caller):
+            return None
+        self._items.move_to_end(generation_id)
+        req, last = known.request, known.status
+        return GenerationDetail(
+            generation_id=generation_id,
+            status=last.status if last else "queued",
+            prompt=req.prompt,
+            duration_seconds=req.duration_seconds,
+            aspect_ratio=req.aspect_ratio,
+            brand=req.brand,
+            options=req.options,
+            created_at=known.created_at,
+            updated_at=last.at if last else known.created_at,
+            progress=last.progress if last else Progress(stage="queued", percent=0),
+        )
+
+
+RECENT = web.AppKey("reelstream_recent_generations", RecentGenerations)
