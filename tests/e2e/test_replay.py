@@ -241,11 +241,6 @@ def probe(path: Path) -> tuple[str, float, int, int]:
         return stream.codec_context.name, container.duration / 1_000_000, stream.width, stream.height
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the clips stage submits only clips with attempts = 0 and does not yet number a new attempt's"
-    " submissions from clips.first_attempt (being built in another branch); remove this mark with it",
-)
 async def test_force_starts_a_new_attempt_that_completes(finished: Finished, tmp_path: Path) -> None:
     generation_id = finished.generation_ids[0]
     before = await snapshot(finished)
