@@ -10,7 +10,6 @@ While Postgres is unreachable (and the broker is not) orders still come in: the 
 ``Idempotency-Key`` is refused with 503 instead: its key cannot be checked.
 """
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -58,7 +57,6 @@ routes = web.RouteTableDef()
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_MAX = 255
 DEFAULT_LIMIT = 20
-PROVIDER_CANCEL_TIMEOUT_SECONDS = 10.0
 MAX_LIMIT = 100
 #: Every status a generation can have; the list filter accepts a comma-separated subset.
 _STATUSES: frozenset[str] = frozenset(get_args(GenerationStatus))
@@ -364,21 +362,6 @@ class _Collector:
         self.items.append((topic, data))
 
 
-async def _cancel_predictions(deps: GatewayDeps, generation_id: str, prediction_ids: list[str]) -> None:
-    """Best effort: a prediction we fail to cancel still ends on its own, and its webhook is ignored."""
-    provider = deps.provider
-    if provider is None:
-        return
-
-    async def cancel_one(prediction_id: str) -> None:
-        try:
-            await asyncio.wait_for(provider.cancel(prediction_id), timeout=PROVIDER_CANCEL_TIMEOUT_SECONDS)
-        except Exception:
-            log.warning("%s: could not cancel prediction %s", generation_id, prediction_id, exc_info=True)
-
-    await asyncio.gather(*(cancel_one(p) for p in prediction_ids))
-
-
 @routes.post("/api/v1/generations/{generation_id}/cancel")
 async def cancel_generation(request: web.Request) -> web.Response:
     deps = get_deps(request)
@@ -427,7 +410,8 @@ async def cancel_generation(request: web.Request) -> web.Response:
         for r in outstanding
         if r["old_status"] in ("submitted", "processing") and r["prediction_id"]
     ]
-    await _cancel_predictions(deps, generation_id, predictions)
+    if deps.provider is not None:  # best effort: one we fail to cancel ends on its own, ignored
+        await outstanding.cancel_predictions(deps.provider, generation_id, predictions)
     detail = await detail_or_404(deps, generation_id)
     log.info("generation %s canceled (request %s)", generation_id, request_id(request))
     return json_response(detail, status=202)

@@ -54,7 +54,7 @@ from reelstream.kafka import Producer
 from schemas import topics as topic_names
 from schemas.api import ErrorInfo
 from schemas.envelope import CloudEvent
-from schemas.events import PAYLOADS, GenerationFailed
+from schemas.events import PAYLOADS
 
 log = logging.getLogger(__name__)
 
@@ -593,24 +593,14 @@ class StageRunner:
             message=f"the {self.stage.name} stage could not handle this generation: {exc}"[:500],
             stage=self.stage.name,
         )
-        collected: list[tuple[str, BaseModel]] = []
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                failed = await status.set_status(
-                    conn,
-                    generation_id,
-                    "failed",
-                    emit=lambda topic, data, **_: collected.append((topic, data)),
-                    error=error.model_dump(),
-                )
+                announced = await status.end_failed(conn, generation_id, error)
         except TRANSIENT as db_exc:
             log.warning("%s: could not record its failure (%r); the reconciler will", generation_id, db_exc)
             return
-        if not failed:
+        if not announced:
             return  # already ended
-        collected.append(
-            (topic_names.GENERATION_FAILED, GenerationFailed(generation_id=generation_id, error=error))
-        )
         events = [
             (
                 topic,
@@ -622,7 +612,7 @@ class StageRunner:
                     event_id=derive_id(origin, self.stage.name, "dead-letter", topic),
                 ),
             )
-            for topic, data in collected
+            for topic, data in announced
         ]
         metrics.GENERATIONS.labels("failed").inc()
         log.error("%s failed: %s", generation_id, error.message)

@@ -59,7 +59,13 @@ class S3Storage:
         async with self._lock:
             if self._client is None:
                 stack = AsyncExitStack()
-                config = AioConfig(signature_version="s3v4", s3={"addressing_style": "path"})
+                # Few retries inside the client: an outage longer than a blip is the stage runtime's to
+                # retry (bounded, logged, counted), not something to wait out silently in here.
+                config = AioConfig(
+                    signature_version="s3v4",
+                    s3={"addressing_style": "path"},
+                    retries={"mode": "standard", "max_attempts": 3},
+                )
                 try:
                     client = await stack.enter_async_context(
                         get_session().create_client("s3", endpoint_url=self.endpoint_url, config=config)

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     clip_attempts: int = Field(default=2, ge=1)
     render_concurrency: int = Field(default=2, ge=1)
     stage_concurrency: int = Field(default=16, ge=1)
+    #: How long a stage keeps retrying an event that fails transiently (a dependency down) before it
+    #: dead-letters it and fails its generation. Long enough to ride out a restart of Postgres, the
+    #: broker or S3; well inside the hour Replicate keeps its outputs.
+    transient_retry_seconds: float = Field(default=300.0, gt=0)
 
     #: The gateway's own Postgres pool, apart from the stages' so a burst of stage work never starves the
     #: API, webhooks and cancel. Small: gateway queries are short, and every connection costs the server.

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from pydantic import BaseModel
 
 from reelstream.events import now
 from schemas import topics
@@ -118,10 +119,30 @@ async def announce_progress(ctx: "Context[Any]") -> None:
     )
 
 
+async def end_failed(
+    conn: asyncpg.Connection, generation_id: str, error: ErrorInfo
+) -> list[tuple[str, BaseModel]]:
+    """End the generation ``failed`` with ``error``; returns the events that announce it (status, then
+    ``generation.failed``) for the caller to send after its commit, or [] if it had already ended."""
+    events: list[tuple[str, BaseModel]] = []
+    failed = await set_status(
+        conn,
+        generation_id,
+        "failed",
+        emit=lambda topic, data, **_: events.append((topic, data)),
+        error=error.model_dump(),
+    )
+    if not failed:
+        return []
+    events.append((topics.GENERATION_FAILED, GenerationFailed(generation_id=generation_id, error=error)))
+    return events
+
+
 async def fail(ctx: "Context[Any]", code: str, message: str) -> bool:
     """End the generation as failed and emit ``generation.failed`` (once: a second failure is a no-op)."""
-    error = ErrorInfo(code=code, message=message, stage=ctx.stage)
-    if not await advance(ctx, "failed", error=error.model_dump()):
-        return False
-    ctx.emit(topics.GENERATION_FAILED, GenerationFailed(generation_id=ctx.generation_id, error=error))
-    return True
+    events = await end_failed(
+        ctx.conn, ctx.generation_id, ErrorInfo(code=code, message=message, stage=ctx.stage)
+    )
+    for topic, data in events:
+        ctx.emit(topic, data)
+    return bool(events)

@@ -29,7 +29,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from reelstream import embedded
+from reelstream import db, embedded
+from reelstream.kafka import Producer
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,24 @@ async def new_database(pg_server: str) -> AsyncIterator[Callable[[], Awaitable[s
 async def database_url(new_database: Callable[[], Awaitable[str]]) -> str:
     """URL of a database created for this session (and dropped after it), shared by its tests."""
     return await new_database()
+
+
+@pytest_asyncio.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on the session's database, migrated."""
+    await db.migrate(database_url)
+    created = await db.create_pool(database_url, max_size=4)
+    yield created
+    await created.close()
+
+
+@pytest_asyncio.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[Producer]:
+    """The project's CloudEvents producer on the session broker."""
+    started = Producer(kafka_bootstrap)
+    await started.start()
+    yield started
+    await started.stop()
 
 
 # --------------------------------------------------------------------------------------------------

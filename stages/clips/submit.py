@@ -22,15 +22,13 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel
 
 from reelstream import mapping, outstanding, status
 from reelstream.providers import ProviderError, ProviderUnavailable, marker, webhook_url
 from reelstream.runtime import TransientError
 from reelstream.settings import Settings
-from schemas import topics
 from schemas.api import ErrorInfo, Options
-from schemas.events import ClipSpec, GenerationFailed
+from schemas.events import ClipSpec
 
 log = logging.getLogger(__name__)
 
@@ -193,23 +191,15 @@ async def _refused(
 ) -> None:
     """A provider refusal fails the generation; what it already created is canceled."""
     error = ErrorInfo(code="provider_rejected", message=f"{clip_id}: {reason}"[:1000], stage="clips")
-    collected: list[tuple[str, BaseModel]] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE submissions SET abandoned = true, leased_until = NULL"
             " WHERE generation_id = $1 AND prediction_id IS NULL AND NOT abandoned",
             generation_id,
         )
-        failed = await status.set_status(
-            conn,
-            generation_id,
-            "failed",
-            emit=lambda topic, data, **_: collected.append((topic, data)),
-            error=error.model_dump(),
-        )
-    if failed:
-        for topic, data in collected:
-            emit(topic, data)
-        emit(topics.GENERATION_FAILED, GenerationFailed(generation_id=generation_id, error=error))
+        announced = await status.end_failed(conn, generation_id, error)
+    for topic, data in announced:
+        emit(topic, data)
+    if announced:
         log.warning("%s failed: the provider refused %s: %s", generation_id, clip_id, reason)
     await outstanding.cancel_outstanding(pool, deps.provider, generation_id)

@@ -10,7 +10,6 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from reelstream import db, replay
+from reelstream import replay
 from reelstream.events import decode, encode, make_event
 from reelstream.kafka import Producer, ensure_topics
 from schemas import topics
@@ -34,14 +33,6 @@ REQUEST = GenerationRequest(prompt="A red kite over green hills", duration_secon
 
 def new_id() -> str:
     return "gen_" + uuid.uuid4().hex
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await db.migrate(database_url)
-    pool = await db.create_pool(database_url, max_size=4)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture
@@ -239,14 +230,6 @@ async def test_replay_generation_rebuilds_a_new_attempts_missing_request(
 
 
 # -- a new attempt ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[Producer]:
-    producer = Producer(kafka_bootstrap)
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 async def insert_clip(pool: asyncpg.Pool, generation_id: str, clip_id: str, **columns: Any) -> None:

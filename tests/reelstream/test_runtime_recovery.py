@@ -9,11 +9,10 @@ import asyncio
 import inspect
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
 
@@ -32,22 +31,6 @@ class Item(BaseModel):
 
 def gen_id() -> str:
     return "gen_" + uuid.uuid4().hex
-
-
-@pytest.fixture
-async def pg(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await db.migrate(database_url)
-    pool = await db.create_pool(database_url, max_size=4)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[Producer]:
-    p = Producer(kafka_bootstrap)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def new_topic(bootstrap: str, partitions: int = 4) -> str:
@@ -130,13 +113,13 @@ def config(bootstrap: str, **overrides: Any) -> RuntimeConfig:
 
 
 async def test_an_event_that_keeps_failing_is_dead_lettered_and_its_generation_fails(
-    kafka_bootstrap: str, pg: asyncpg.Pool, producer: Producer
+    kafka_bootstrap: str, pool: asyncpg.Pool, producer: Producer
 ) -> None:
     topic = await new_topic(kafka_bootstrap)
     doomed, poisoned = gen_id(), gen_id()
     others = [gen_id() for _ in range(10)]
     for generation in (doomed, poisoned, *others):
-        await insert_generation(pg, generation)
+        await insert_generation(pool, generation)
     handled: list[str] = []
 
     async def handle(ctx: Context[Item]) -> None:
@@ -146,7 +129,9 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_its_generation_f
 
     group = f"grp_{uuid.uuid4().hex[:8]}"
     stage = Stage(name=group, topics=[topic], handler=handle, payloads={topic: Item})
-    runner = StageRunner(stage, pg, producer, config(kafka_bootstrap, transient_budget=1.5, max_backoff=0.3))
+    runner = StageRunner(
+        stage, pool, producer, config(kafka_bootstrap, transient_budget=1.5, max_backoff=0.3)
+    )
     async with Running(runner):
         await produce(kafka_bootstrap, topic, [Item(generation_id=g, n=0) for g in (doomed, *others)])
         kafka = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
@@ -155,16 +140,18 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_its_generation_f
         await kafka.stop()
 
         async def both_failed() -> bool:
-            rows = await pg.fetch("SELECT status FROM generations WHERE id = ANY($1)", [doomed, poisoned])
+            rows = await pool.fetch("SELECT status FROM generations WHERE id = ANY($1)", [doomed, poisoned])
             return [r["status"] for r in rows] == ["failed", "failed"]
 
         await eventually(both_failed)
         await eventually(lambda: len(handled) == len(others))
 
     for generation in (doomed, poisoned):
-        error = json.loads(await pg.fetchval("SELECT error::text FROM generations WHERE id = $1", generation))
+        error = json.loads(
+            await pool.fetchval("SELECT error::text FROM generations WHERE id = $1", generation)
+        )
         assert error["code"] == "internal" and error["stage"] == group, error
-    doomed_error = await pg.fetchval("SELECT error->>'message' FROM generations WHERE id = $1", doomed)
+    doomed_error = await pool.fetchval("SELECT error->>'message' FROM generations WHERE id = $1", doomed)
     assert "the provider stays unreachable" in doomed_error
     assert sorted(handled) == sorted(others)  # the rest went on
     letters = await read_all(kafka_bootstrap, dlq(topic))
@@ -177,7 +164,7 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_its_generation_f
 
 
 async def test_a_slow_or_retrying_key_stalls_neither_its_partition_nor_the_stage(
-    kafka_bootstrap: str, pg: asyncpg.Pool, producer: Producer
+    kafka_bootstrap: str, pool: asyncpg.Pool, producer: Producer
 ) -> None:
     topic = await new_topic(kafka_bootstrap, partitions=1)  # every key on one partition
     slow, flaky_a, flaky_b = gen_id(), gen_id(), gen_id()
@@ -194,7 +181,7 @@ async def test_a_slow_or_retrying_key_stalls_neither_its_partition_nor_the_stage
     group = f"grp_{uuid.uuid4().hex[:8]}"
     stage = Stage(name=group, topics=[topic], handler=handle, payloads={topic: Item})
     # Two handler slots and 8 unfinished messages per partition: the old runtime stalled on both.
-    runner = StageRunner(stage, pg, producer, config(kafka_bootstrap, concurrency=2, max_in_flight=8))
+    runner = StageRunner(stage, pool, producer, config(kafka_bootstrap, concurrency=2, max_in_flight=8))
     others = [gen_id() for _ in range(60)]
     async with Running(runner):
         await produce(kafka_bootstrap, topic, [Item(generation_id=g, n=0) for g in (slow, flaky_a, flaky_b)])
