@@ -36,7 +36,7 @@ from gateway.detail import (
 from gateway.errors import PRINCIPAL, ApiError, json_response, not_found, request_id, validation_error
 from gateway.memory import RECENT, owner_digest
 from gateway.publishing import PublishFailed, gateway_event, publish
-from reelstream import metrics, status
+from reelstream import metrics, outstanding, status
 from reelstream.events import derive_id, now
 from schemas import topics
 from schemas.api import (
@@ -380,7 +380,7 @@ async def cancel_generation(request: web.Request) -> web.Response:
             conn, generation_id, "canceled", emit=collected
         ):
             raise ApiError(409, "conflict", f"generation {generation_id} has already ended ({current})")
-        outstanding = await conn.fetch(
+        unfinished = await conn.fetch(
             "UPDATE clips c SET status = 'canceled', updated_at = now()"
             " FROM (SELECT clip_id, status, prediction_id FROM clips"
             "       WHERE generation_id = $1 AND status IN ('pending', 'submitted', 'processing')"
@@ -407,7 +407,7 @@ async def cancel_generation(request: web.Request) -> web.Response:
         log.warning("%s canceled but its status event was not published: %s", generation_id, exc)
     predictions = [
         r["prediction_id"]
-        for r in outstanding
+        for r in unfinished
         if r["old_status"] in ("submitted", "processing") and r["prediction_id"]
     ]
     if deps.provider is not None:  # best effort: one we fail to cancel ends on its own, ignored

@@ -1,4 +1,4 @@
-"""FFmpeg and PyAV helpers: render a placeholder clip, assemble clips, probe, thumbnail.
+"""FFmpeg and PyAV helpers: render a placeholder clip, finish clips, join them, probe, thumbnail.
 
 Every ffmpeg call goes through :func:`run_ffmpeg`, which uses ``asyncio.create_subprocess_exec``
 (no shell, so nothing in a caption or path is ever interpreted) and never blocks the event loop; the
@@ -33,8 +33,10 @@ __all__ = [
     "MediaError",
     "NotAVideo",
     "VideoInfo",
-    "assemble",
+    "concat",
     "ffmpeg_exe",
+    "finish_clip",
+    "piece_frames",
     "probe",
     "render_clip",
     "run_ffmpeg",
@@ -398,52 +400,89 @@ async def render_clip(spec: ClipSpec, out: Path, *, fps: int = 16) -> VideoInfo:
     return await asyncio.to_thread(probe, out)
 
 
-async def assemble(
-    clips: list[Path],
-    out: Path,
-    *,
-    duration_seconds: float,
-    width: int,
-    height: int,
-    fps: int = 24,
-) -> VideoInfo:
-    """Join ``clips`` in order into one ``width`` x ``height`` video of exactly ``duration_seconds``.
+#: Every finished piece carries this MP4 time scale, so pieces join by stream copy (24 fps divides it).
+TIMESCALE = 12288
+#: Frame rate of finished pieces and of the final video.
+FPS = 24
 
-    Providers return clips of varying size, rate and length, so each is scaled to fit, letterboxed,
-    and resampled before the concat filter. The result is cut to the requested length, or, when the
-    clips fall short, held on the last frame: the user asked for a duration and gets it.
+
+def piece_frames(start_seconds: float, duration_seconds: float, fps: int = FPS) -> int:
+    """Frames of the piece that covers ``[start, start + duration)`` of the final video.
+
+    Counted from the rounded frame positions of its two ends, so the pieces of a video always add up
+    to exactly ``round(total * fps)`` frames: the final length is right to the frame, whatever the
+    individual clip durations are.
     """
-    if not clips:
-        raise ValueError("assemble needs at least one clip")
+    return max(1, round((start_seconds + duration_seconds) * fps) - round(start_seconds * fps))
+
+
+_encoders: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _encoder_slot() -> asyncio.Semaphore:
+    """One encode per core at a time in this process: more only thrash the CPU and delay them all."""
+    loop = asyncio.get_running_loop()
+    slot = _encoders.get(loop)
+    if slot is None:
+        for stale in [other for other in _encoders if other.is_closed()]:
+            del _encoders[stale]
+        slot = _encoders[loop] = asyncio.Semaphore(max(1, (os.cpu_count() or 1) // THREADS))
+    return slot
+
+
+async def finish_clip(
+    clip: Path, out: Path, *, frames: int, width: int, height: int, fps: int = FPS
+) -> VideoInfo:
+    """Turn one provider clip into a finished piece of the final video, as soon as the clip lands.
+
+    Providers return clips of varying size, rate and length. The piece is the delivery size with the
+    frame filled (scaled to cover and centre-cropped, never padded), ``fps`` constant, yuv420p tagged
+    BT.709, and exactly ``frames`` long (cut, or held on its last frame when the clip falls short).
+    Every piece is encoded alike, so the final video is a stream-copy join (:func:`concat`) and only
+    the last clip's own finishing remains once its webhook arrives.
+    """
     _check_size(width, height)
-    frames = _frame_count(duration_seconds, fps)
-    exact = frames / fps
-    args: list[str] = []
-    for clip in clips:
-        args += ["-i", str(clip)]
-    parts = [
-        f"[{i}:v:0]setpts=PTS-STARTPTS,"
-        f"scale={width}:{height}:force_original_aspect_ratio=decrease,"
-        f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,"
-        f"setsar=1,fps={fps},format=yuv420p[v{i}]"
-        for i in range(len(clips))
-    ]
-    inputs = "".join(f"[v{i}]" for i in range(len(clips)))
-    parts.append(f"{inputs}concat=n={len(clips)}:v=1:a=0[cat]")
-    parts.append(
-        f"[cat]tpad=stop_mode=clone:stop_duration={exact:.4f},"
-        f"trim=duration={exact:.4f},setpts=PTS-STARTPTS[out]"
+    hold = frames / fps
+    video_filter = (
+        "setpts=PTS-STARTPTS,"
+        f"scale={width}:{height}:force_original_aspect_ratio=increase,crop={width}:{height},"
+        f"setsar=1,fps={fps},tpad=stop_mode=clone:stop_duration={hold:.4f},format=yuv420p,"
+        # Tagged on the frames: the encoder takes colour tags from them, not from output options.
+        "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv"
     )
-    with _atomic_target(out, ".mp4") as tmp:
-        await run_ffmpeg(
-            *args,
-            "-filter_complex", ";".join(parts),
-            "-filter_complex_threads", str(THREADS),
-            "-map", "[out]",
-            *_x264_output_args(fps, frames),
-            str(tmp),
-        )  # fmt: skip
+    async with _encoder_slot():
+        with _atomic_target(out, ".mp4") as tmp:
+            await run_ffmpeg(
+                "-i", str(clip),
+                "-vf", video_filter,
+                "-filter_threads", str(THREADS),
+                "-video_track_timescale", str(TIMESCALE),
+                *_x264_output_args(fps, frames),
+                str(tmp),
+            )  # fmt: skip
     return await asyncio.to_thread(probe, out)
+
+
+async def concat(pieces: list[Path], out: Path) -> VideoInfo:
+    """Join finished pieces (:func:`finish_clip`) in order without re-encoding: a stream copy."""
+    if not pieces:
+        raise ValueError("concat needs at least one piece")
+    with tempfile.TemporaryDirectory(prefix="reelstream-concat-") as tmp:
+        listing = Path(tmp) / "pieces.txt"
+        lines = "".join(f"file '{_concat_path(p)}'\n" for p in pieces)
+        await asyncio.to_thread(listing.write_text, lines)
+        with _atomic_target(out, ".mp4") as target:
+            await run_ffmpeg(
+                "-f", "concat", "-safe", "0", "-i", str(listing),
+                "-c", "copy", "-movflags", "+faststart", "-f", "mp4",
+                str(target),
+            )  # fmt: skip
+    return await asyncio.to_thread(probe, out)
+
+
+def _concat_path(path: Path) -> str:
+    """A path quoted for the concat demuxer's list file (single quotes escaped its way)."""
+    return os.path.abspath(path).replace("'", "'\\''")
 
 
 async def thumbnail(video: Path, out: Path, *, at_seconds: float = 1.0) -> None:

@@ -54,6 +54,10 @@ def _checked(key: str) -> str:
 
 
 class Storage(Protocol):
+    #: Largest file fetched from a URL, and whether private addresses may be fetched (SSRF guard).
+    max_bytes: int
+    allow_private: bool
+
     async def put_file(self, key: str, path: Path, content_type: str) -> None: ...
     async def get_file(self, key: str, dest: Path) -> None: ...
     async def upload_from_url(self, key: str, url: str, *, content_type: str = "video/mp4") -> int: ...

@@ -1,10 +1,13 @@
 """completion: clip.completed → generation.completed / generation.failed.
 
 ``prepare`` does the outside work, with no transaction open: it judges the outcome (the one decision in
-:mod:`reelstream.outcomes`), copies a usable output into storage as soon as it arrives (Replicate
-deletes outputs after an hour), checks it is a real video and records the clip; once every clip has
-succeeded it assembles ``final.mp4`` and ``thumbnail.jpg``. A transient failure to fetch is retried; a
-permanent one fails the attempt, and the clips stage resubmits the clip while attempts remain.
+:mod:`reelstream.outcomes`), fetches a usable output as soon as it arrives (Replicate deletes outputs
+after an hour), checks it is a real video, *finishes* it into its piece of the final video (delivery
+size, frame filled, constant frame rate, exactly its share of the frames) while the other clips still
+render, stores the piece as the clip and records it. Once every clip has succeeded the pieces are
+joined by stream copy into ``final.mp4``, with ``thumbnail.jpg``: after the last webhook only the last
+clip's own finishing and a copy remain. A transient failure to fetch is retried; a permanent one fails
+the attempt, and the clips stage resubmits the clip while attempts remain.
 
 ``record`` (in the handling transaction) writes the clip's failure or the generation's completion and
 emits what follows. Every step is safe to repeat: a crash mid-assembly assembles again.
@@ -52,7 +55,9 @@ Prepared = ClipFailed | ClipStored | Assembled | None
 async def prepare(ctx: Context[ClipCompleted]) -> Prepared:
     done = ctx.data
     row = await ctx.pool.fetchrow(
-        "SELECT g.status, c.status AS clip_status, c.attempts, c.prediction_id"
+        "SELECT g.status, g.aspect_ratio, c.status AS clip_status, c.attempts, c.prediction_id,"
+        " c.duration_seconds, (SELECT COALESCE(sum(p.duration_seconds), 0) FROM clips p"
+        "  WHERE p.generation_id = g.id AND p.idx < c.idx) AS start_seconds"
         " FROM generations g LEFT JOIN clips c ON c.generation_id = g.id AND c.clip_id = $2"
         " WHERE g.id = $1",
         ctx.generation_id,
@@ -71,7 +76,7 @@ async def prepare(ctx: Context[ClipCompleted]) -> Prepared:
         if reason is not None:
             return ClipFailed(reason, rejected=False)
         try:
-            await _store_clip(ctx, done)
+            await _finish_clip(ctx, done, row)
         except (storage.StorageError, media.NotAVideo) as exc:
             if outcomes.is_transient(exc):
                 raise TransientError(f"{done.clip_id}: fetching its output: {exc}") from exc
@@ -115,19 +120,19 @@ async def record(ctx: Context[ClipCompleted]) -> None:
             )
 
 
-async def _store_clip(ctx: Context[ClipCompleted], done: ClipCompleted) -> None:
-    """Copy the output into storage, check it is a video, and record the clip as succeeded."""
+async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: asyncpg.Record) -> None:
+    """Fetch the output, check it is a video, finish it into its piece, store that as the clip, record."""
     url = done.prediction.output_url
     assert url is not None  # outcomes.problem() said it is usable
-    key = storage.clip_key(ctx.generation_id, done.clip_id)
     store: storage.Storage = ctx.deps.storage
-    await store.upload_from_url(key, url)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = store.local_path(key)
-        if path is None:
-            path = Path(tmp) / "clip.mp4"
-            await store.get_file(key, path)
-        info = await asyncio.to_thread(media.probe, path)
+    width, height = DIMENSIONS[row["aspect_ratio"]]
+    frames = media.piece_frames(float(row["start_seconds"]), float(row["duration_seconds"]))
+    with tempfile.TemporaryDirectory(prefix="reelstream-clip-") as tmp:
+        raw, piece = Path(tmp) / "output.mp4", Path(tmp) / "piece.mp4"
+        await storage.download(url, raw, max_bytes=store.max_bytes, allow_private=store.allow_private)
+        source = await asyncio.to_thread(media.probe, raw)
+        await media.finish_clip(raw, piece, frames=frames, width=width, height=height)
+        await store.put_file(storage.clip_key(ctx.generation_id, done.clip_id), piece, "video/mp4")
     predict_time = (done.prediction.metrics or {}).get("predict_time")
     await ctx.pool.execute(
         "UPDATE clips SET status = 'succeeded', storage_key = $4, predict_time = $5, error = NULL,"
@@ -137,19 +142,22 @@ async def _store_clip(ctx: Context[ClipCompleted], done: ClipCompleted) -> None:
         ctx.generation_id,
         done.clip_id,
         done.attempt,
-        key,
+        storage.clip_key(ctx.generation_id, done.clip_id),
         float(predict_time) if isinstance(predict_time, int | float) else None,
         done.prediction.id,
         ctx.event.model_dump(mode="json"),
     )
     log.info(
-        "%s %s stored: %s %.2fs %dx%d",
+        "%s %s finished: %s %.2fs %dx%d in, %d frames %dx%d out",
         ctx.generation_id,
         done.clip_id,
-        info.codec,
-        info.duration_seconds,
-        info.width,
-        info.height,
+        source.codec,
+        source.duration_seconds,
+        source.width,
+        source.height,
+        frames,
+        width,
+        height,
     )
 
 
@@ -204,33 +212,29 @@ async def _all_succeeded(pool: asyncpg.Pool, generation_id: str) -> bool:
 
 
 async def _assemble(ctx: Context[Any]) -> Assembled | None:
-    """``final.mp4`` and ``thumbnail.jpg`` from the stored clips (idempotent: fixed keys)."""
+    """``final.mp4`` (the finished pieces joined by stream copy) and ``thumbnail.jpg``; fixed keys, so
+    assembling again after a crash overwrites rather than duplicates."""
     async with ctx.transaction() as conn:
         await status.set_status(conn, ctx.generation_id, "assembling", emit=ctx.emit)
-        gen = await conn.fetchrow(
-            "SELECT status, duration_seconds, aspect_ratio FROM generations WHERE id = $1", ctx.generation_id
-        )
+        current = await conn.fetchval("SELECT status FROM generations WHERE id = $1", ctx.generation_id)
         clips = await conn.fetch(
             "SELECT storage_key, predict_time FROM clips WHERE generation_id = $1 ORDER BY idx",
             ctx.generation_id,
         )
-    if gen["status"] != "assembling":
+    if current != "assembling":
         return None  # canceled meanwhile
-    await ctx.flush()  # clients see "assembling" while FFmpeg runs
+    await ctx.flush()  # clients see "assembling" while the pieces are joined
     store: storage.Storage = ctx.deps.storage
-    width, height = DIMENSIONS[gen["aspect_ratio"]]
-    with tempfile.TemporaryDirectory() as tmp:
-        paths: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="reelstream-final-") as tmp:
+        pieces: list[Path] = []
         for i, row in enumerate(clips):
             path = store.local_path(row["storage_key"])
             if path is None:
                 path = Path(tmp) / f"{i:03d}.mp4"
                 await store.get_file(row["storage_key"], path)
-            paths.append(path)
+            pieces.append(path)
         final, thumb = Path(tmp) / "final.mp4", Path(tmp) / "thumbnail.jpg"
-        info = await media.assemble(
-            paths, final, duration_seconds=float(gen["duration_seconds"]), width=width, height=height
-        )
+        info = await media.concat(pieces, final)
         await media.thumbnail(final, thumb, at_seconds=min(1.0, info.duration_seconds / 2))
         await store.put_file(storage.final_key(ctx.generation_id), final, "video/mp4")
         await store.put_file(storage.thumbnail_key(ctx.generation_id), thumb, "image/jpeg")

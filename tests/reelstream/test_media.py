@@ -17,7 +17,6 @@ from reelstream.media import (
     MediaError,
     NotAVideo,
     VideoInfo,
-    assemble,
     probe,
     render_clip,
     run_ffmpeg,
@@ -221,54 +220,106 @@ def test_escape_filter_value() -> None:
     assert media._escape_filter_value("[x],y;z") == "\\[x\\]\\,y\\;z"
 
 
-# --------------------------------------------------------------------------- assemble
+# --------------------------------------------------------------------------- finish_clip and concat
 
 
-async def test_assemble_trims_to_exact_duration(tmp_path: Path, clips: list[Path]) -> None:
-    out = tmp_path / "final.mp4"
-    info = await assemble(clips, out, duration_seconds=7.0, width=832, height=480)
-    assert_h264(info, 832, 480, 7.0)
-    assert info.duration_seconds == pytest.approx(7.0, abs=0.05)
+def edge_is_black(frame: av.VideoFrame) -> bool:
+    """True when the outer rows or columns of a frame are uniformly black (letterbox or pillarbox).
+
+    Read on the luma plane: black is 16 in the TV range the pieces use.
+    """
+    plane = frame.planes[0]
+    data, stride, width, height = bytes(plane), plane.line_size, frame.width, frame.height
+    rows = [data[r * stride : r * stride + width] for r in range(height)]
+    edges = (
+        b"".join(rows[:2]),
+        b"".join(rows[-2:]),
+        bytes(row[i] for row in rows for i in (0, 1)),
+        bytes(row[i] for row in rows for i in (width - 2, width - 1)),
+    )
+    return any(max(edge) < 24 for edge in edges)
+
+
+def test_piece_frames_add_up_to_the_whole_video_to_the_frame() -> None:
+    durations = [1.7, 2.45, 3.333, 0.5, 4.999, 2.018]  # what a planner may cut 15 s into
+    starts = [sum(durations[:i]) for i in range(len(durations))]
+    frames = [media.piece_frames(s, d) for s, d in zip(starts, durations, strict=True)]
+    assert sum(frames) == round(sum(durations) * media.FPS)
+
+
+@pytest.mark.parametrize(("source", "aspect"), [(0, "9:16"), (1, "16:9"), (2, "16:9")])
+async def test_a_finished_piece_fills_the_delivery_frame_at_a_constant_rate(
+    tmp_path: Path, clips: list[Path], source: int, aspect: str
+) -> None:
+    width, height = DIMENSIONS[aspect]
+    out = tmp_path / "piece.mp4"
+    info = await media.finish_clip(clips[source], out, frames=60, width=width, height=height)
+    assert_h264(info, width, height, 2.5)
     assert info.fps == pytest.approx(24)
-    assert count_frames(out) == 168
+    assert count_frames(out) == 60
     assert_faststart(out)
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.color_primaries == 1  # BT.709
+        frames = list(container.decode(video=0))
+    assert not any(edge_is_black(frame) for frame in frames[::10]), "letterboxed or pillarboxed"
     assert leftovers(tmp_path) == []
 
 
-async def test_assemble_extends_short_clips_with_last_frame(tmp_path: Path, clips: list[Path]) -> None:
-    out = tmp_path / "final.mp4"
-    # 3 s + 2 s of clips, 7 s requested: the last frame is held for 2 s.
-    info = await assemble(clips[1:], out, duration_seconds=7.0, width=480, height=832)
-    assert_h264(info, 480, 832, 7.0)
-    assert info.duration_seconds == pytest.approx(7.0, abs=0.05)
-    assert_faststart(out)
+async def test_a_short_clip_is_held_on_its_last_frame(tmp_path: Path, clips: list[Path]) -> None:
+    out = tmp_path / "piece.mp4"
+    # The 2 s clip, 3 s asked: the last frame is held for the last second.
+    await media.finish_clip(clips[2], out, frames=72, width=640, height=640)
     with av.open(str(out)) as container:
         lumas = [bytes(f.planes[0]) for f in container.decode(video=0)]
-    assert len(lumas) == 168
-    # The held tail is identical frames (the clone of the last real one); the start differs.
-    assert lumas[-1] == lumas[-10]
-    assert lumas[0] != lumas[-1]
+    assert len(lumas) == 72
+
+    def difference(a: bytes, b: bytes) -> float:
+        return sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
+
+    # The held tail repeats one frame (up to the encoder's noise); the clip itself moves.
+    assert difference(lumas[-1], lumas[-20]) < 0.5
+    assert difference(lumas[0], lumas[-1]) > 2
 
 
-async def test_assemble_square_output_non_integer_duration(tmp_path: Path, clips: list[Path]) -> None:
-    info = await assemble(clips[:1], tmp_path / "f.mp4", duration_seconds=2.51, width=640, height=640, fps=10)
-    assert_h264(info, 640, 640, 2.51)
-    assert info.duration_seconds == pytest.approx(2.51, abs=0.05)
+async def test_pieces_join_by_stream_copy_into_exactly_the_requested_length(
+    tmp_path: Path, clips: list[Path]
+) -> None:
+    durations = [3.0, 2.6, 1.4]  # 7 s in all, cut unevenly
+    starts = [0.0, 3.0, 5.6]
+    pieces = []
+    for i, (clip, start, duration) in enumerate(zip(clips, starts, durations, strict=True)):
+        piece = tmp_path / f"piece{i}.mp4"
+        frames = media.piece_frames(start, duration)
+        await media.finish_clip(clip, piece, frames=frames, width=832, height=480)
+        pieces.append(piece)
+    out = tmp_path / "final.mp4"
+    info = await media.concat(pieces, out)
+    assert_h264(info, 832, 480, 7.0)
+    assert info.duration_seconds == pytest.approx(7.0, abs=0.001)
+    assert count_frames(out) == 168
+    assert_faststart(out)
+    with av.open(str(out)) as joined, av.open(str(pieces[1])) as second:
+        # Stream copy: the second piece's coded frames are in the final video bit for bit.
+        inner = [bytes(p) for p in second.demux(video=0) if p.size][5:10]
+        packets = {bytes(p) for p in joined.demux(video=0) if p.size}
+        assert all(frame in packets for frame in inner)
+    assert leftovers(tmp_path) == []
 
 
-async def test_assemble_failure_leaves_no_output(tmp_path: Path, clips: list[Path]) -> None:
+async def test_concat_failure_leaves_no_output(tmp_path: Path, clips: list[Path]) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
     out = tmp_path / "final.mp4"
     with pytest.raises(MediaError):
-        await assemble([clips[0], bad], out, duration_seconds=2.0, width=832, height=480)
+        await media.concat([bad], out)
     assert not out.exists()
     assert leftovers(tmp_path) == []
 
 
-async def test_assemble_requires_clips(tmp_path: Path) -> None:
+async def test_concat_requires_pieces(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        await assemble([], tmp_path / "f.mp4", duration_seconds=1.0, width=832, height=480)
+        await media.concat([], tmp_path / "f.mp4")
 
 
 # --------------------------------------------------------------------------- thumbnail
