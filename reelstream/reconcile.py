@@ -23,12 +23,12 @@ from typing import Any
 
 import asyncpg
 
-from reelstream import metrics
+from reelstream import metrics, status
 from reelstream.events import derive_id, make_event
 from reelstream.kafka import Producer
 from reelstream.runtime import TRANSIENT, Sweep, Sweeper
 from schemas import topics
-from schemas.api import TERMINAL, GenerationRequest
+from schemas.api import TERMINAL, ErrorInfo, GenerationRequest
 from schemas.envelope import CloudEvent
 from schemas.events import GenerationRequested
 
@@ -50,7 +50,8 @@ WHERE id IN (
       AND g.updated_at < $1
       AND (g.reconciled_at IS NULL OR g.reconciled_at < $1)
       AND NOT EXISTS (
-          SELECT 1 FROM clips c WHERE c.generation_id = g.id AND c.updated_at >= $1)
+          SELECT 1 FROM clips c WHERE c.generation_id = g.id
+          AND (c.updated_at >= $1 OR c.polled_at >= $1))
       AND NOT EXISTS (
           SELECT 1 FROM processed_events p WHERE p.generation_id = g.id AND p.processed_at >= $1)
     ORDER BY g.updated_at
@@ -250,12 +251,63 @@ async def reconcile_once(
 
 
 async def reconcile_round(sweeper: Sweeper) -> None:
-    """A timed round: one batch of the generations idle for ``reconcile_seconds``."""
+    """A timed round: give up on the hopeless, then re-drive one batch idle for ``reconcile_seconds``."""
     deps: Any = sweeper.deps
+    await give_up(sweeper, float(deps.settings.give_up_seconds))
     cutoff: datetime = await sweeper.pool.fetchval(
         "SELECT now() - make_interval(secs => $1)", float(deps.settings.reconcile_seconds)
     )
     await reconcile_once(sweeper.pool, sweeper.producer, cutoff)
+
+
+# No progress at all (status, clips, polls, handled events) for the give-up time: re-drives did not help.
+_HOPELESS = """
+SELECT g.id, g.status FROM generations g
+WHERE g.status NOT IN ('completed', 'failed', 'canceled')
+  AND g.updated_at < now() - make_interval(secs => $1)
+  AND NOT EXISTS (
+      SELECT 1 FROM clips c WHERE c.generation_id = g.id
+      AND (c.updated_at >= now() - make_interval(secs => $1)
+           OR c.polled_at >= now() - make_interval(secs => $1)))
+  AND NOT EXISTS (
+      SELECT 1 FROM processed_events p WHERE p.generation_id = g.id
+      AND p.processed_at >= now() - make_interval(secs => $1))
+ORDER BY g.updated_at
+LIMIT $2
+FOR UPDATE OF g SKIP LOCKED
+"""
+
+
+async def give_up(sweeper: Sweeper, seconds: float) -> list[str]:
+    """End ``failed`` (code ``internal``) every generation that made no progress for ``seconds``.
+
+    Re-driving is bounded like every retry: a generation that even re-drives could not move for that
+    long has something wrong that waiting will not fix, and the customer is owed an answer. Its
+    outstanding predictions are then canceled by the clips stage's janitor.
+    """
+    failed: list[tuple[str, list[tuple[str, Any]]]] = []
+    async with sweeper.pool.acquire() as conn, conn.transaction():
+        for row in await conn.fetch(_HOPELESS, seconds, BATCH):
+            error = ErrorInfo(
+                code="internal",
+                message=f"no progress for {seconds:.0f} s while {row['status']}: given up",
+                stage=row["status"],
+            )
+            failed.append((row["id"], await status.end_failed(conn, row["id"], error)))
+    for generation_id, events in failed:
+        for topic, data in events:
+            await sweeper.publish(
+                topic, data, subject=generation_id, event_id=derive_id(generation_id, "give-up", topic)
+            )
+        metrics.RECONCILER_ACTIONS.labels("given_up").inc()
+        metrics.GENERATIONS.labels("failed").inc()
+        log.error(
+            "%s: no progress for %.0f s; failed",
+            generation_id,
+            seconds,
+            extra={"generation_id": generation_id},
+        )
+    return [generation_id for generation_id, _ in failed]
 
 
 async def catch_up(sweeper: Sweeper) -> None:

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     #: A generation that is not terminal and has made no progress for this long is driven on again from
     #: Postgres (reelstream/reconcile.py); every non-terminal one is, once, when the intake stage starts.
     reconcile_seconds: float = Field(default=120.0, gt=0)
+    #: A generation with no progress at all for this long (re-drives and polls included) is failed
+    #: (code ``internal``) rather than re-driven forever: every order reaches an end. An hour, because
+    #: that is how long Replicate keeps outputs; past it nothing could be finished anyway.
+    give_up_seconds: float = Field(default=3600.0, gt=0)
     #: Days ``processed_events``, ``webhook_deliveries`` and ``submissions`` rows are kept
     #: (reelstream/retention.py). They are what makes a repeated event, webhook or submission a no-op, so
     #: this must be longer than anything can come back: a broker redelivery, Replicate's webhook retries

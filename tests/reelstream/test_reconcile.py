@@ -230,7 +230,9 @@ async def published(
 
 
 def sweeper(pool: asyncpg.Pool, producer: Any, reconcile_seconds: float = 120) -> Sweeper:
-    deps = SimpleNamespace(settings=SimpleNamespace(reconcile_seconds=reconcile_seconds))
+    deps = SimpleNamespace(
+        settings=SimpleNamespace(reconcile_seconds=reconcile_seconds, give_up_seconds=3600)
+    )
     return Sweeper("intake", pool, producer, deps)
 
 
@@ -428,6 +430,29 @@ async def test_e_reconciled_at_keeps_a_redrive_from_repeating_every_round(
     assert await claimed_ids(pool, producer) == {generation_id}
     events = await published(broker, topics.GENERATION_REQUESTED, {generation_id}, expect=2)
     assert len({e["id"] for e in events}) == 1 and len(events) == 2
+
+
+async def test_a_generation_without_progress_for_the_give_up_time_is_failed_not_redriven_forever(
+    pool: asyncpg.Pool, producer: Producer, broker: str
+) -> None:
+    hopeless = await insert_generation(pool, status="planning", idle_seconds=7200)
+    waiting = await insert_generation(pool, status="planning", idle_seconds=600)
+    polled = await insert_generation(pool, status="generating", idle_seconds=7200)
+    await pool.execute(  # a long prediction, still being polled: that is progress
+        "INSERT INTO clips (generation_id, clip_id, scene_id, idx, duration_seconds, status, updated_at,"
+        " polled_at) VALUES ($1, 'clip_00', 'scene_00', 0, 5, 'processing', now() - interval '2 hours',"
+        " now())",
+        polled,
+    )
+
+    await reconcile.reconcile_round(sweeper(pool, producer))
+
+    rows = {r["id"]: r for r in await pool.fetch("SELECT id, status, error FROM generations")}
+    assert rows[hopeless]["status"] == "failed"
+    assert rows[hopeless]["error"]["code"] == "internal" and "given up" in rows[hopeless]["error"]["message"]
+    assert rows[waiting]["status"] == "planning" and rows[polled]["status"] == "generating"
+    failed = await published(broker, topics.GENERATION_FAILED, {hopeless, waiting, polled}, expect=1)
+    assert [e["subject"] for e in failed] == [hopeless]
 
 
 async def test_the_start_up_round_redrives_everything_idle_since_the_start_once(
