@@ -131,7 +131,7 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
         raw, piece = Path(tmp) / "output.mp4", Path(tmp) / "piece.mp4"
         await storage.download(url, raw, max_bytes=store.max_bytes, allow_private=store.allow_private)
         source = await asyncio.to_thread(media.probe, raw)
-        await media.finish_clip(raw, piece, frames=frames, width=width, height=height)
+        await media.finish_clip(raw, piece, frames=frames, width=width, height=height, source=source)
         await store.put_file(storage.clip_key(ctx.generation_id, done.clip_id), piece, "video/mp4")
     predict_time = (done.prediction.metrics or {}).get("predict_time")
     await ctx.pool.execute(

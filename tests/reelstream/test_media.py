@@ -307,6 +307,22 @@ async def test_pieces_join_by_stream_copy_into_exactly_the_requested_length(
     assert leftovers(tmp_path) == []
 
 
+async def test_a_clip_that_already_is_the_piece_is_copied_not_encoded_again(
+    tmp_path: Path, clips: list[Path]
+) -> None:
+    piece = tmp_path / "piece.mp4"
+    await media.finish_clip(clips[0], piece, frames=48, width=832, height=480)
+    again = tmp_path / "again.mp4"
+    source = probe(piece)
+    assert source.comment == media.piece_tag(832, 480, 48)
+    await media.finish_clip(piece, again, frames=48, width=832, height=480, source=source)
+    assert again.read_bytes() == piece.read_bytes()
+    # Another share of the frames is another piece: encoded anew.
+    other = tmp_path / "other.mp4"
+    await media.finish_clip(piece, other, frames=40, width=832, height=480, source=source)
+    assert count_frames(other) == 40 and probe(other).comment == media.piece_tag(832, 480, 40)
+
+
 async def test_concat_failure_leaves_no_output(tmp_path: Path, clips: list[Path]) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
