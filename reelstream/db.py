@@ -5,10 +5,14 @@ Parameterised SQL only: every value reaches Postgres as a bind parameter, never 
 
 import json
 import logging
+from contextvars import ContextVar
 from importlib import resources
 from typing import Any
 
 import asyncpg
+from asyncpg.connection import LoggedQuery
+
+from reelstream import metrics
 
 log = logging.getLogger(__name__)
 
@@ -16,9 +20,19 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x7265656C
 
 
+#: Who is talking to Postgres on this task: a stage's name while it handles an event (set by the
+#: runtime), so ``reelstream_db_queries_total{caller}`` counts each stage's round trips per event.
+caller: ContextVar[str] = ContextVar("db_caller", default="other")
+
+
+def _count_round_trip(_: LoggedQuery) -> None:
+    metrics.DB_QUERIES.labels(caller.get()).inc()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    conn.add_query_logger(_count_round_trip)
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

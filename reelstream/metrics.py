@@ -34,3 +34,8 @@ RECONCILER_ACTIONS = Counter(
 RETENTION_DELETED = Counter(
     "reelstream_retention_deleted_total", "Rows deleted by retention, past their window", ["table"]
 )
+DB_QUERIES = Counter(
+    "reelstream_db_queries_total",
+    "Round trips to Postgres (BEGIN and COMMIT included), by the stage handling an event, else other",
+    ["caller"],
+)

@@ -48,7 +48,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel, ValidationError
 
-from reelstream import metrics, status
+from reelstream import db, metrics, status
 from reelstream.events import decode, derive_id, make_event
 from reelstream.kafka import Producer
 from schemas import topics as topic_names
@@ -225,6 +225,10 @@ class RuntimeConfig:
     #: Seconds an event may keep failing transiently before it is dead-lettered.
     transient_budget: float = 300.0
     shutdown_grace: float = 10.0
+
+
+class _AlreadyHandled(Exception):
+    """The event's ``processed_events`` row exists already: roll this handling back, re-send that one's."""
 
 
 class _Stopping(Exception):
@@ -407,6 +411,7 @@ class StageRunner:
     # -- one message ---------------------------------------------------------------------------
     async def _process(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         started = time.monotonic()
+        db.caller.set(self.stage.name)  # this task's round trips count as the stage's
         try:
             event = decode(record.value)
             model = self.stage.payloads.get(record.topic)
@@ -491,27 +496,27 @@ class StageRunner:
             if stored is not None:
                 return stored, True, []
             ctx.prepared = await self.stage.prepare(ctx)
-        async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await conn.fetchval(
-                "INSERT INTO processed_events (consumer, event_id, emitted, generation_id)"
-                " VALUES ($1, $2, '[]'::jsonb, $3) ON CONFLICT DO NOTHING RETURNING true",
-                self.stage.name,
-                event.id,
-                event.subject,
-            )
-            if not fresh:
-                return await self._stored(conn, event.id) or [], True, []
-            ctx._conn = conn
-            try:
-                await self.stage.handler(ctx)
-            finally:
-                ctx._conn = None
-            await conn.execute(
-                "UPDATE processed_events SET emitted = $3 WHERE consumer = $1 AND event_id = $2",
-                self.stage.name,
-                event.id,
-                [{"topic": t, "event": e.model_dump(mode="json")} for t, e in ctx.emitted],
-            )
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                ctx._conn = conn
+                try:
+                    await self.stage.handler(ctx)
+                finally:
+                    ctx._conn = None
+                # Recorded last, in the same transaction: one round trip. A concurrent handling of
+                # the same event (a rebalance) waits here on the other's row and then rolls back.
+                fresh = await conn.fetchval(
+                    "INSERT INTO processed_events (consumer, event_id, emitted, generation_id)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+                    self.stage.name,
+                    event.id,
+                    [{"topic": t, "event": e.model_dump(mode="json")} for t, e in ctx.emitted],
+                    event.subject,
+                )
+                if not fresh:
+                    raise _AlreadyHandled
+        except _AlreadyHandled:
+            return await self._stored(self.pool, event.id) or [], True, []
         return ctx.emitted[ctx._sent :], False, ctx.after
 
     async def _follow_up(self, event: CloudEvent, calls: list[Callable[[], Awaitable[None]]]) -> None:

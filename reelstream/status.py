@@ -24,21 +24,15 @@ _PERCENT = {"queued": 0, "analyzing": 5, "planning": 15, "prompting": 20, "gener
 _WRITABLE = frozenset({"analysis", "scenes", "video", "error", "compute_seconds"})
 
 
-async def progress(conn: asyncpg.Connection, generation_id: str, status: str | None = None) -> Progress:
-    """Progress as clients see it, derived from the clips table (never stored, so never stale)."""
-    row = await conn.fetchrow(
-        "SELECT g.status,"
-        " count(c.clip_id) AS total,"
-        " count(c.clip_id) FILTER (WHERE c.status = 'succeeded') AS done,"
-        " count(c.clip_id) FILTER (WHERE c.status = 'failed') AS failed"
-        " FROM generations g LEFT JOIN clips c ON c.generation_id = g.id"
-        " WHERE g.id = $1 GROUP BY g.status",
-        generation_id,
-    )
-    if row is None:
-        return Progress.model_validate({"stage": status or "queued", "percent": 0})
-    stage = status or row["status"]
-    total, done, failed = row["total"], row["done"], row["failed"]
+_CLIP_COUNTS = (
+    "count(c.clip_id) AS total,"
+    " count(c.clip_id) FILTER (WHERE c.status = 'succeeded') AS done,"
+    " count(c.clip_id) FILTER (WHERE c.status = 'failed') AS failed"
+)
+
+
+def _progress(stage: str, row: asyncpg.Record | None) -> Progress:
+    total, done, failed = (row["total"], row["done"], row["failed"]) if row is not None else (0, 0, 0)
     if stage == "completed":
         percent = 100
     elif stage == "generating" and total:
@@ -50,6 +44,19 @@ async def progress(conn: asyncpg.Connection, generation_id: str, status: str | N
     return Progress(
         stage=stage, percent=percent, clips_total=total, clips_completed=done, clips_failed=failed
     )
+
+
+async def progress(conn: asyncpg.Connection, generation_id: str, status: str | None = None) -> Progress:
+    """Progress as clients see it, derived from the clips table (never stored, so never stale)."""
+    row = await conn.fetchrow(
+        f"SELECT g.status, {_CLIP_COUNTS}"
+        " FROM generations g LEFT JOIN clips c ON c.generation_id = g.id"
+        " WHERE g.id = $1 GROUP BY g.status",
+        generation_id,
+    )
+    if row is None:
+        return _progress(status or "queued", None)
+    return _progress(status or row["status"], row)
 
 
 async def current(conn: asyncpg.Connection, generation_id: str) -> str | None:
@@ -84,20 +91,24 @@ async def set_status(
     params: list[Any] = [sorted(TERMINAL)]
     if status not in TERMINAL:
         params.append(list(STATUS_ORDER))
-    row = await conn.fetchval(
-        f"UPDATE generations SET status = $2, updated_at = now(){assignments} WHERE id = $1 AND {where}"
-        " RETURNING true",
+    # One round trip: the move and the clip counts its announcement needs (a CTE's UPDATE and the
+    # SELECT beside it see the same snapshot; the clips are not what changes here).
+    row = await conn.fetchrow(
+        f"WITH moved AS (UPDATE generations SET status = $2, updated_at = now(){assignments}"
+        f" WHERE id = $1 AND {where} RETURNING id)"
+        f" SELECT {_CLIP_COUNTS} FROM moved LEFT JOIN clips c ON c.generation_id = moved.id"
+        " GROUP BY moved.id",
         generation_id,
         status,
         *params,
         *columns.values(),
     )
-    if not row:
+    if row is None:
         return False
     emit(
         topics.GENERATION_STATUS,
         GenerationStatusChanged(
-            generation_id=generation_id, status=status, progress=await progress(conn, generation_id), at=now()
+            generation_id=generation_id, status=status, progress=_progress(status, row), at=now()
         ),
     )
     return True

@@ -69,28 +69,40 @@ async def add_intent(conn: asyncpg.Connection, generation_id: str, clip_id: str,
     )
 
 
+_OPEN_SLOTS = """
+WITH busy AS (
+    SELECT count(*) AS n FROM clips WHERE generation_id = $1 AND attempts >= first_attempt
+    AND NOT settled AND status NOT IN ('succeeded', 'failed', 'canceled')
+), chosen AS (
+    SELECT clip_id, first_attempt FROM clips
+    WHERE generation_id = $1 AND attempts < first_attempt AND status = 'pending' AND spec IS NOT NULL
+    ORDER BY idx LIMIT GREATEST(0, $2 - (SELECT n FROM busy))
+)
+UPDATE clips c SET attempts = chosen.first_attempt, settled = false, prediction_id = NULL, updated_at = now()
+FROM chosen WHERE c.generation_id = $1 AND c.clip_id = chosen.clip_id
+RETURNING c.clip_id, c.attempts
+"""
+
+
 async def fill_window(conn: asyncpg.Connection, generation_id: str, window: int) -> int:
     """Give the window's free slots to clips not yet tried in this attempt of the generation.
 
     A clip holds a slot from its intent until its outcome is settled. Runs inside the caller's
-    transaction, with the generation's row locked. Returns how many intents it added.
+    transaction, with the generation's row locked; two round trips however many clips it takes.
+    Returns how many intents it added.
     """
-    busy: int = await conn.fetchval(
-        "SELECT count(*) FROM clips WHERE generation_id = $1 AND attempts >= first_attempt"
-        " AND NOT settled AND status NOT IN ('succeeded', 'failed', 'canceled')",
-        generation_id,
-    )
-    if busy >= window:
-        return 0
-    waiting = await conn.fetch(
-        "SELECT clip_id, first_attempt FROM clips WHERE generation_id = $1 AND attempts < first_attempt"
-        " AND status = 'pending' AND spec IS NOT NULL ORDER BY idx LIMIT $2",
-        generation_id,
-        window - busy,
-    )
-    for clip in waiting:
-        await add_intent(conn, generation_id, clip["clip_id"], clip["first_attempt"])
-    return len(waiting)
+    taken = await conn.fetch(_OPEN_SLOTS, generation_id, window)
+    if taken:
+        await conn.execute(
+            "INSERT INTO submissions (marker, generation_id, clip_id, attempt)"
+            " SELECT m, $1, c, a FROM unnest($2::text[], $3::text[], $4::int[]) AS t(m, c, a)"
+            " ON CONFLICT (marker) DO NOTHING",
+            generation_id,
+            [marker(generation_id, row["clip_id"], row["attempts"]) for row in taken],
+            [row["clip_id"] for row in taken],
+            [row["attempts"] for row in taken],
+        )
+    return len(taken)
 
 
 _LEASE = """
@@ -107,6 +119,29 @@ WHERE marker = (
 )
 RETURNING marker, clip_id, attempt, created_at, tries,
     (SELECT spec FROM clips c WHERE c.generation_id = $1 AND c.clip_id = submissions.clip_id) AS spec
+"""
+
+
+# Phase 3 in one statement (one round trip, one implicit transaction): the prediction against its
+# marker, in the predictions table, and on its clip; the generation's row is locked while the clip is
+# written, so a cancel either comes before (and the clip is marked canceled here) or after (and finds it).
+_RECORD = """
+WITH sub AS (
+    UPDATE submissions SET prediction_id = $5, leased_until = NULL WHERE marker = $4
+), pred AS (
+    INSERT INTO predictions (prediction_id, generation_id, clip_id, attempt, provider)
+    VALUES ($5, $1, $2, $3, $6) ON CONFLICT DO NOTHING
+), gen AS (
+    SELECT status FROM generations WHERE id = $1 FOR UPDATE
+), clip AS (
+    UPDATE clips SET prediction_id = $5, updated_at = now(), status = CASE
+        WHEN (SELECT status FROM gen) <> 'generating'
+            AND clips.status IN ('pending', 'submitted', 'processing') THEN 'canceled'
+        WHEN clips.status IN ('pending', 'submitted') THEN 'submitted'
+        ELSE clips.status END
+    WHERE generation_id = $1 AND clip_id = $2 AND attempts = $3
+)
+SELECT status FROM gen
 """
 
 
@@ -150,34 +185,10 @@ async def _record(
     prediction_id: str,
 ) -> bool:
     """Phase 3: the prediction against its marker and its clip; False (and canceled) if the job ended."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "UPDATE submissions SET prediction_id = $2, leased_until = NULL WHERE marker = $1",
-            mark,
-            prediction_id,
-        )
-        await conn.execute(
-            "INSERT INTO predictions (prediction_id, generation_id, clip_id, attempt, provider)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            prediction_id,
-            generation_id,
-            clip_id,
-            attempt,
-            deps.provider.name,
-        )
-        current = await status.current(conn, generation_id)
-        live = current == "generating"
-        await conn.execute(
-            "UPDATE clips SET prediction_id = $4, updated_at = now(), status = CASE"
-            " WHEN NOT $5 AND status IN ('pending', 'submitted', 'processing') THEN 'canceled'"
-            " WHEN status IN ('pending', 'submitted') THEN 'submitted' ELSE status END"
-            " WHERE generation_id = $1 AND clip_id = $2 AND attempts = $3",
-            generation_id,
-            clip_id,
-            attempt,
-            prediction_id,
-            live,
-        )
+    current = await pool.fetchval(
+        _RECORD, generation_id, clip_id, attempt, mark, prediction_id, deps.provider.name
+    )
+    live = current == "generating"
     if not live:
         log.warning("%s ended (%s) while %s was created: canceling it", generation_id, current, prediction_id)
         await outstanding.cancel_predictions(deps.provider, generation_id, [prediction_id])
