@@ -657,7 +657,7 @@ def dlq_redrive(
 
 
 def main() -> None:
-    app()
+    app(prog_name="reelstream")  # also when run as ``python -m reelstream.cli`` (serve's children)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 #: A child that ran at least this long before it ended is restarted after the first delay again.
 STABLE_SECONDS = 30.0
+#: While the children start, name every this many seconds those that are not ready yet.
+READY_NAG_SECONDS = 30.0
 #: Lines of a child's output kept to explain its crash.
 TAIL_LINES = 20
 #: Longest line read from a child at once; a longer one is reported as cut rather than read whole.
@@ -138,7 +140,18 @@ async def supervise(
 
 
 async def _all_ready(children: Sequence[_Child]) -> None:
-    await asyncio.gather(*(child.ready.wait() for child in children))
+    """Until every child was ready; names those it still waits for every ``READY_NAG_SECONDS``."""
+    waits = {asyncio.create_task(child.ready.wait()): child for child in children}
+    try:
+        pending = set(waits)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=READY_NAG_SECONDS)
+            if pending:
+                names = ", ".join(waits[task].spec.name for task in pending)
+                log.warning("still waiting for %s to be ready", names)
+    finally:
+        for task in waits:
+            task.cancel()
 
 
 async def _first_of(

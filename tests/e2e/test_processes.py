@@ -196,6 +196,39 @@ def test_serve_on_a_taken_port_says_so_without_a_traceback(tmp_path: Path) -> No
     assert not (tmp_path / "stack.json").exists()
 
 
+_PORT_TAKEN_LATE = """
+import socket, sys
+from reelstream import cli
+
+taken = socket.socket()
+taken.bind(("127.0.0.1", int(sys.argv[1])))
+taken.listen()
+cli._port_free = lambda host, port: True  # taken after serve looked: only its gateway process finds out
+sys.argv = ["reelstream", "serve"]
+cli.main()
+"""
+
+
+def test_serve_exits_plainly_when_one_of_its_processes_cannot_start(tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(REELSTREAM_DATA_DIR=str(tmp_path), REELSTREAM_HTTP_PORT=str(port))
+    result = subprocess.run(
+        [sys.executable, "-c", _PORT_TAKEN_LATE, str(port)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: gateway exited with code 2 before it was ready" in result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("[gateway]")]
+    assert any(f"127.0.0.1:{port} is already in use" in line for line in said), said
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "ready" not in result.stdout
+    assert not (tmp_path / "stack.json").exists()
+    assert _processes_mentioning(tmp_path) == []  # the stages, broker and Postgres were stopped
+
+
 # --------------------------------------------------------------------------------------------------
 # Stopping and restarting `reelstream serve` with work in flight
 
