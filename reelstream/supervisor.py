@@ -5,7 +5,8 @@ shares a core with the stages' work. :func:`supervise` is the whole life of such
 bottom:
 
 1. start every child (:func:`_spawn`): its own process group, so a Ctrl-C in the terminal reaches only
-   the supervisor, which then stops the children in order; and a parent-death signal
+   the supervisor, which stops the children before ``serve`` stops the broker and Postgres they use
+   (signalled together, they would fail their last writes); and a parent-death signal
    (``PR_SET_PDEATHSIG``, as :mod:`reelstream.embedded` arms for the broker and Postgres), so no child
    outlives a supervisor that is SIGKILLed or crashes. That signal is SIGKILL, not SIGTERM: a restart
    right after must find the gateway's port free, and work a child had in flight is uncommitted, so the
@@ -97,6 +98,17 @@ class _Child:
     crashes_in_a_row: int = 0
 
 
+@dataclass(eq=False)
+class _Run:
+    """What the steps of one :func:`supervise` call share."""
+
+    children: list[_Child]
+    stop: asyncio.Event
+    sink: TextIO
+    state_file: Path | None
+    backoff: float
+
+
 async def supervise(
     specs: Sequence[ChildSpec],
     *,
@@ -113,19 +125,16 @@ async def supervise(
     ``out`` receives the children's prefixed output (default: our stderr).
     """
     sink = out if out is not None else sys.stderr
-    children = [_Child(spec) for spec in specs]
+    run = _Run([_Child(spec) for spec in specs], stop, sink, state_file, backoff)
     watchers: list[asyncio.Task[None]] = []
     try:
         if stop.is_set():
             return
-        for child in children:
-            await _spawn(child, sink)
-        await _record(state_file, children)
-        watchers = [
-            asyncio.create_task(_keep_running(child, stop, backoff, sink, state_file, children))
-            for child in children
-        ]
-        everyone_ready = asyncio.create_task(_all_ready(children))
+        for child in run.children:
+            await _spawn(child, run.sink)
+        await _record(run)
+        watchers = [asyncio.create_task(_keep_running(child, run)) for child in run.children]
+        everyone_ready = asyncio.create_task(_all_ready(run.children))
         try:
             await _first_of(everyone_ready, stop, watchers)
         finally:
@@ -134,7 +143,7 @@ async def supervise(
             await on_ready()
         await _first_of(None, stop, watchers)
     finally:
-        await _stop_all(children, watchers, grace)
+        await _stop_all(run.children, watchers, grace)
         if state_file is not None:
             await asyncio.to_thread(state_file.unlink, missing_ok=True)
 
@@ -165,8 +174,8 @@ async def _first_of(
     finally:
         stopped.cancel()
     for watcher in watchers:
-        if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
-            raise watcher.exception()  # type: ignore[misc]
+        if watcher.done() and not watcher.cancelled() and (error := watcher.exception()) is not None:
+            raise error
 
 
 async def _spawn(child: _Child, sink: TextIO) -> None:
@@ -216,20 +225,13 @@ async def _pump(child: _Child, stream: asyncio.StreamReader, sink: TextIO, *, wa
             child.ready.set()
 
 
-async def _keep_running(
-    child: _Child,
-    stop: asyncio.Event,
-    backoff: float,
-    sink: TextIO,
-    state_file: Path | None,
-    children: Sequence[_Child],
-) -> None:
+async def _keep_running(child: _Child, run: _Run) -> None:
     """Wait for the child to end; unless we are stopping, explain why and start it again after a backoff."""
     while True:
         assert child.proc is not None
         code = await child.proc.wait()
         await _drain(child)
-        if stop.is_set():
+        if run.stop.is_set():
             return
         how = _describe(code)
         if not child.ready.is_set():
@@ -240,7 +242,7 @@ async def _keep_running(
         lived = time.monotonic() - child.started
         if lived >= STABLE_SECONDS:
             child.crashes_in_a_row = 0
-        delay = min(backoff * 2**child.crashes_in_a_row, MAX_BACKOFF_SECONDS)
+        delay = min(run.backoff * 2**child.crashes_in_a_row, MAX_BACKOFF_SECONDS)
         child.crashes_in_a_row += 1
         log.warning(
             "%s %s after %.1f s; restarting it in %.1f s. Its last lines:\n%s",
@@ -252,16 +254,16 @@ async def _keep_running(
         )
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                await asyncio.wait_for(run.stop.wait(), delay)
                 return
             try:
-                await _spawn(child, sink)
+                await _spawn(child, run.sink)
                 break
             except ChildFailedToStart as exc:
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 log.warning("%s; trying again in %.1f s", exc, delay)
         child.restarts += 1
-        await _record(state_file, children)
+        await _record(run)
 
 
 def _describe(code: int) -> str:
@@ -307,9 +309,9 @@ async def _stop_all(children: Sequence[_Child], watchers: Sequence[asyncio.Task[
     await asyncio.gather(*(_drain(child) for child in children))
 
 
-async def _record(state_file: Path | None, children: Sequence[_Child]) -> None:
-    """Write who runs now to ``state_file`` (atomically: readers never see half a file)."""
-    if state_file is None:
+async def _record(run: _Run) -> None:
+    """Write who runs now to the state file (atomically: readers never see half a file)."""
+    if run.state_file is None:
         return
     state = {
         "supervisor": os.getpid(),
@@ -319,11 +321,11 @@ async def _record(state_file: Path | None, children: Sequence[_Child]) -> None:
                 "argv": list(child.spec.argv),
                 "restarts": child.restarts,
             }
-            for child in children
+            for child in run.children
             if child.proc is not None
         },
     }
-    await asyncio.to_thread(_write_json, state_file, state)
+    await asyncio.to_thread(_write_json, run.state_file, state)
 
 
 def _write_json(path: Path, payload: object) -> None:
