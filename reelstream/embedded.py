@@ -55,7 +55,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 __all__ = [
     "EmbeddedServiceError",
     "Service",
+    "alive",
+    "cmdline",
+    "death_signal_preexec",
     "free_port",
+    "kill_group",
     "remove_stack_file",
     "spawn_child",
     "start_kafka",
@@ -145,7 +149,7 @@ _children: dict[int, _Child] = {}
 _atexit_registered = False
 
 
-def _death_signal_preexec(death_signal: int) -> Callable[[], None] | None:
+def death_signal_preexec(death_signal: int) -> Callable[[], None] | None:
     """``preexec_fn`` arming ``PR_SET_PDEATHSIG`` in the child, or None where that cannot work.
 
     It runs after ``subprocess`` has switched the child's user (a credential change clears the setting,
@@ -180,7 +184,7 @@ def spawn_child(
 
     stdout and stderr are appended to ``log_path``. ``stop_signal`` is what asks this program for a
     clean shutdown; it is also its parent-death signal and what the atexit hook sends. Call it from the
-    main thread (see :func:`_death_signal_preexec`).
+    main thread (see :func:`death_signal_preexec`).
     """
     global _atexit_registered
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +201,7 @@ def spawn_child(
             env=dict(env) if env is not None else None,
             **_credentials(user),
             process_group=0,
-            preexec_fn=_death_signal_preexec(stop_signal),
+            preexec_fn=death_signal_preexec(stop_signal),
         )
     _children[proc.pid] = _Child(proc, name, stop_signal)
     if not _atexit_registered:
@@ -220,7 +224,7 @@ def _credentials(user: str | None) -> _Credentials:
     return {"user": user, "group": entry.pw_gid, "extra_groups": os.getgrouplist(user, entry.pw_gid)}
 
 
-def _kill_group(pid: int) -> None:
+def kill_group(pid: int) -> None:
     """SIGKILL a child's whole process group (a killed postmaster leaves its backends behind)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
@@ -272,7 +276,7 @@ async def stop_child(proc: subprocess.Popen[bytes], *, stop_signal: int, grace: 
             proc.send_signal(stop_signal)
         if not await _wait_reaped(proc, grace):
             log.warning("%s (pid %d) did not stop within %.0f s; killing it", name, proc.pid, grace)
-            _kill_group(proc.pid)  # before reaping: the leader's pid still names the group
+            kill_group(proc.pid)  # before reaping: the leader's pid still names the group
             await _wait_reaped(proc, 10.0)
     _children.pop(proc.pid, None)
 
@@ -288,7 +292,7 @@ def _stop_all_children_sync(timeout: float = 10.0) -> None:
         try:
             child.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _kill_group(child.proc.pid)
+            kill_group(child.proc.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.proc.wait(5.0)
     _children.clear()
@@ -335,7 +339,7 @@ def _unlock(fd: int) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether ``pid`` runs; a zombie does not (orphans may never be reaped where PID 1 is no init)."""
     try:
         os.kill(pid, 0)
@@ -350,7 +354,7 @@ def _alive(pid: int) -> bool:
     return stat_line.rpartition(")")[2].split()[0:1] != ["Z"]
 
 
-def _cmdline(pid: int) -> str | None:
+def cmdline(pid: int) -> str | None:
     """The command line of ``pid``, or None when it cannot be read (gone, or no /proc and no ps)."""
     proc_file = Path(f"/proc/{pid}/cmdline")
     if Path("/proc/self").exists():
@@ -369,7 +373,7 @@ def _cmdline(pid: int) -> str | None:
 
 async def _wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.05)
@@ -475,7 +479,7 @@ def _leftover_broker(pid_file: Path) -> int | None:
     except (OSError, ValueError):
         return None
     pid_file.unlink(missing_ok=True)
-    command = _cmdline(pid) if _alive(pid) else None
+    command = cmdline(pid) if alive(pid) else None
     return pid if command and "tansu" in command and f"--listener-url {listener}" in command else None
 
 
@@ -666,7 +670,7 @@ async def _stop_leftover_postmaster(pgdata: Path) -> None:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return
-    command = (_cmdline(pid) or "") if _alive(pid) else None
+    command = (cmdline(pid) or "") if alive(pid) else None
     if command is not None and ("postgres" in command or "postmaster" in command) and str(pgdata) in command:
         await _stop_leftover(pid, stop_signal=signal.SIGINT, grace=_POSTGRES_GRACE, what="a Postgres server")
     elif command is not None:
@@ -861,15 +865,29 @@ async def _ensure_database(admin_url: str, name: str) -> None:
 # stack.json
 
 
-def write_stack_file(data_dir: Path, kafka_bootstrap: str, database_url: str, gateway_url: str) -> Path:
+def write_stack_file(
+    data_dir: Path,
+    kafka_bootstrap: str,
+    database_url: str,
+    gateway_url: str,
+    *,
+    metrics: Mapping[str, str] | None = None,
+) -> Path:
     """Publish the running stack's addresses in ``{data_dir}/stack.json`` for commands run beside it.
 
+    ``metrics`` names each running process's ``/metrics`` URL (``{"gateway": URL, "intake": URL, ...}``).
     Written to a temporary file and renamed, so a reader never sees half a file; owner-only, because
     the database URL carries the embedded cluster's password.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / STACK_FILE
-    payload = {"kafka_bootstrap": kafka_bootstrap, "database_url": database_url, "gateway_url": gateway_url}
+    payload: dict[str, object] = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "database_url": database_url,
+        "gateway_url": gateway_url,
+    }
+    if metrics is not None:
+        payload["metrics"] = dict(metrics)
     fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".stack.", suffix=".tmp")  # mode 0600
     try:
         with os.fdopen(fd, "w") as handle:

@@ -1,13 +1,17 @@
 """Wiring: build the shared dependencies from settings and run stages until told to stop.
 
-``reelstream serve`` runs every stage in one process; ``reelstream stage NAME`` runs one. Both go
-through :func:`run_stages`, so a stage behaves the same wherever it runs.
+``reelstream stage NAME`` runs one stage through :func:`run_stages`; ``reelstream serve`` runs that
+command once per stage, and ``reelstream gateway`` beside them, as child processes of one supervisor
+(:func:`processes` says which; :mod:`reelstream.supervisor` runs them). :func:`run_everything` runs the
+same in one process, for the end-to-end tests. A stage behaves the same wherever it runs.
 """
 
 import asyncio
 import importlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -17,14 +21,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from reelstream import db, kafka, mapping
+from reelstream import db, embedded, kafka, mapping
 from reelstream.providers import VideoProvider
 from reelstream.providers.local import LocalVideoProvider
-from reelstream.providers.replicate import ReplicateVideoProvider
 from reelstream.runtime import RuntimeConfig, Stage, StageRunner
-from reelstream.s3 import S3Storage
 from reelstream.settings import Settings
 from reelstream.storage import LocalStorage, Storage
+from reelstream.supervisor import ChildSpec
 from reelstream.webhooks import SecretSource, local_secret
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ def build_storage(settings: Settings) -> Storage:
     """
     allow_private = settings.storage_allow_private_urls or settings.replicate_api_token is None
     if settings.s3_bucket:
+        from reelstream.s3 import S3Storage  # here: aiobotocore costs every process ~0.25 s to import
+
         return S3Storage(
             settings.s3_bucket,
             settings.s3_endpoint_url,
@@ -85,6 +90,8 @@ def webhook_secret(settings: Settings, provider: VideoProvider) -> str | SecretS
         return local_secret(settings)
     if settings.replicate_webhook_secret is not None:
         return settings.replicate_webhook_secret.get_secret_value()
+    from reelstream.providers.replicate import ReplicateVideoProvider
+
     if isinstance(provider, ReplicateVideoProvider):
         return SecretSource(provider.webhook_secret)
     raise RuntimeError("no webhook secret: set REELSTREAM_REPLICATE_WEBHOOK_SECRET")
@@ -93,6 +100,8 @@ def webhook_secret(settings: Settings, provider: VideoProvider) -> str | SecretS
 def build_provider(settings: Settings) -> VideoProvider:
     """Replicate when a token is set, else the local FFmpeg renderer."""
     if settings.replicate_api_token is not None:
+        from reelstream.providers.replicate import ReplicateVideoProvider  # here: only when it is used
+
         return ReplicateVideoProvider(
             api_token=settings.replicate_api_token.get_secret_value(),
             base_url=settings.replicate_base_url,
@@ -254,6 +263,56 @@ async def run_gateway_task(
         await own_pool.close()
 
 
+async def prepare(settings: Settings) -> None:
+    """Create the topics and apply the migrations once, before the processes that use them start.
+
+    Every process does both again at start-up (``infrastructure``); done first, the seven children of
+    ``serve`` find the work done instead of queueing on the migration lock.
+    """
+    assert settings.kafka_bootstrap and settings.database_url
+    await kafka.ensure_topics(settings.kafka_bootstrap, kafka.all_topics())
+    await db.migrate(settings.database_url)
+
+
+def local_gateway_url(settings: Settings) -> str:
+    """Where the gateway answers on this machine (``gateway_url`` may be a public address in front of it)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(
+        settings.http_host, settings.http_host
+    )
+    return f"http://{host}:{settings.http_port}"
+
+
+def processes(settings: Settings) -> tuple[list[ChildSpec], dict[str, str]]:
+    """The gateway and every stage as ``reelstream`` commands for ``serve``'s supervisor, and each
+    process's ``/metrics`` URL (for ``stack.json``).
+
+    The commands are the ones docker-compose runs. Each child gets the resolved addresses in its
+    environment rather than reading ``stack.json``, so a file left by another run can never send it
+    elsewhere; ``REELSTREAM_PUBLIC_URL`` too, where the local renderer posts its webhooks. The interpreter
+    is ours, run with ``-P`` so the working directory cannot shadow a package.
+    """
+    assert settings.kafka_bootstrap and settings.database_url
+    env = {
+        **os.environ,
+        "REELSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "REELSTREAM_DATABASE_URL": settings.database_url,
+        "REELSTREAM_DATA_DIR": str(settings.data_dir),
+        "REELSTREAM_HTTP_HOST": settings.http_host,
+        "REELSTREAM_HTTP_PORT": str(settings.http_port),
+        "REELSTREAM_PUBLIC_URL": settings.gateway_url,
+        "REELSTREAM_LOG_LEVEL": settings.log_level,
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [sys.executable, "-P", "-m", "reelstream.cli"]
+    children = [ChildSpec("gateway", [*command, "gateway"], env)]
+    metrics = {"gateway": f"{local_gateway_url(settings)}/metrics"}
+    for name in STAGE_NAMES:
+        port = embedded.free_port()
+        children.append(ChildSpec(name, [*command, "stage", name, "--metrics-port", str(port)], env))
+        metrics[name] = f"http://127.0.0.1:{port}/metrics"
+    return children, metrics
+
+
 async def run_everything(
     settings: Settings,
     *,
@@ -263,7 +322,7 @@ async def run_everything(
     stop: asyncio.Event,
     on_ready: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """The gateway and every stage in this process until ``stop`` (``serve``, ``demo``, e2e tests).
+    """The gateway and every stage in this process until ``stop`` (the end-to-end tests' stack).
 
     ``on_ready`` runs once the gateway answers and every stage has its partitions; a gateway that dies
     starting (say, its port is taken) fails this call instead of leaving it waiting.
@@ -317,6 +376,9 @@ async def infrastructure(
         stack.push_async_callback(deps.provider.close)
         if deps.redis is not None:
             stack.push_async_callback(deps.redis.aclose)
-        if isinstance(deps.storage, S3Storage):
+        if settings.s3_bucket:
+            from reelstream.s3 import S3Storage
+
+            assert isinstance(deps.storage, S3Storage)
             stack.push_async_callback(deps.storage.close)
         yield pool, producer, deps

@@ -1,13 +1,15 @@
 """The kill storm: orders in flight survive SIGKILLs of stage processes and of the whole embedded stack.
 
 Real processes throughout: ``reelstream serve`` (embedded tansu with memory storage, so a restart loses
-every message and offset; embedded Postgres, which keeps the orders), extra ``reelstream stage NAME``
+every message and offset; embedded Postgres, which keeps the orders; the gateway and each stage as its
+own process, which serve's supervisor restarts when it dies), extra ``reelstream stage NAME``
 processes that join the stages' consumer groups beside it, and a Replicate-compatible server in this
 process that counts every prediction it is asked to make. What a customer checks afterwards: every
 order completed with a valid video, and every clip was paid for once.
 """
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -145,28 +147,70 @@ async def details(api: str, ids: list[str]) -> dict[str, dict[str, Any]]:
         return out
 
 
+def supervised(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """serve's own gateway and stage processes as its supervisor records them: name → pid, restarts."""
+    state = json.loads((data_dir / "run" / "children.json").read_text())
+    children: dict[str, dict[str, Any]] = state["children"]
+    return children
+
+
+async def kill_supervised(data_dir: Path, name: str, api: str) -> None:
+    """SIGKILL serve's own process ``name`` and wait until its supervisor has started it again."""
+    before = supervised(data_dir)[name]
+    os.kill(before["pid"], signal.SIGKILL)
+    async with asyncio.timeout(30):
+        while True:
+            now = supervised(data_dir)[name]
+            if now["pid"] != before["pid"]:
+                break
+            await asyncio.sleep(0.05)
+        assert now["restarts"] == before["restarts"] + 1
+        if name == "gateway":  # the orders are read through it: wait until it answers again
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    try:
+                        async with session.get(f"{api}/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+
+
 async def test_kill_storm_every_order_completes_and_every_clip_is_paid_once(
     tmp_path: Path, replicate: FakeReplicate
 ) -> None:
     started = time.monotonic()
     port = free_port()
     api = f"http://127.0.0.1:{port}"
-    env = environment(tmp_path / "data", port, replicate)
+    data_dir = tmp_path / "data"
+    env = environment(data_dir, port, replicate)
     serve = await Proc("serve", env=env).start()
     extras: dict[str, Proc] = {}
     stage_kills: Counter[str] = Counter()
+    own_kills: Counter[str] = Counter()
     serve_kills = 0
     try:
         ids = await submit_all(api)
         # Stage processes beside serve's own: each joins its stage's group, takes partitions, is killed.
+        # The second round hits serve's own process of each stage instead, which its supervisor restarts;
+        # then serve's gateway, while orders are in flight.
         for name in STAGES:
             extras[name] = await Proc("stage", name, env=env).start()
         for n in range(12):
             name = STAGES[n % len(STAGES)]
-            await extras[name].kill()
-            stage_kills[name] += 1
-            extras[name] = await Proc("stage", name, env=env).start()
+            if n >= len(STAGES):
+                await kill_supervised(data_dir, name, api)
+                own_kills[name] += 1
+            else:
+                await extras[name].kill()
+                stage_kills[name] += 1
+                extras[name] = await Proc("stage", name, env=env).start()
             await asyncio.sleep(0.3)
+        await kill_supervised(data_dir, "gateway", api)
+        own_kills["gateway"] += 1
+        restarts = {name: child["restarts"] for name, child in supervised(data_dir).items()}
+        assert restarts == {name: own_kills[name] for name in restarts}, restarts
         # The whole embedded stack, twice: the broker's topics and offsets are gone after each.
         for pause in (1.0, 2.5):
             for proc in extras.values():
@@ -196,9 +240,12 @@ async def test_kill_storm_every_order_completes_and_every_clip_is_paid_once(
     )
     failed_predictions = sum(p["status"] in ("failed", "aborted") for p in replicate.predictions.values())
     downloads = sum(replicate.file_gets.values())
+    own_stage_kills = sum(own_kills[name] for name in STAGES)
     print(
-        f"\nkill storm: {JOBS} orders, {sum(stage_kills.values())} stage SIGKILLs {dict(stage_kills)},"
-        f" {serve_kills} serve SIGKILLs; {dict(statuses)} in {elapsed:.0f}s;"
+        f"\nkill storm: {JOBS} orders, {sum(stage_kills.values()) + own_stage_kills} stage SIGKILLs"
+        f" ({sum(stage_kills.values())} of extra processes, {own_stage_kills} of serve's own) and"
+        f" {own_kills['gateway']} of serve's gateway; serve's supervisor restarted its processes"
+        f" {sum(restarts.values())} times; {serve_kills} serve SIGKILLs; {dict(statuses)} in {elapsed:.0f}s;"
         f" predictions created {len(replicate.predictions)} for {planned} clips planned"
         f" (+{failed_predictions} failed); duplicate submissions"
         f" {sum(n - 1 for n in markers.values())}; output downloads {downloads}"

@@ -1,6 +1,7 @@
 """The commands as a user runs them: `reelstream demo`, and every stage and the gateway as its own process."""
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from schemas.api import DIMENSIONS
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent / "reelstream"
 ROOT = Path(__file__).resolve().parents[2]
+STAGES = ("intake", "analysis", "planning", "prompting", "clips", "completion")
 
 
 def probe(path: Path) -> tuple[str, float, int, int]:
@@ -73,9 +75,7 @@ async def test_each_stage_and_the_gateway_as_separate_processes(
         REELSTREAM_KAFKA_SESSION_TIMEOUT_MS="2000",
         REELSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS="500",
     )
-    commands = [["gateway"]] + [
-        ["stage", n] for n in ("intake", "analysis", "planning", "prompting", "clips", "completion")
-    ]
+    commands = [["gateway"]] + [["stage", n] for n in STAGES]
     procs = [
         await asyncio.create_subprocess_exec(
             str(BIN),
@@ -132,7 +132,6 @@ def test_help_lists_the_contract_commands() -> None:
 
 
 async def test_serve_starts_prints_ready_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    import json
     import signal
     import socket
 
@@ -154,9 +153,18 @@ async def test_serve_starts_prints_ready_and_stops_cleanly_on_sigterm(tmp_path: 
         lines.append(line)
     assert any("kafka bootstrap" in line for line in lines[:-1]), "bootstrap address must come before ready"
     stack = json.loads((tmp_path / "stack.json").read_text())
-    assert set(stack) == {"kafka_bootstrap", "database_url", "gateway_url"}
-    async with aiohttp.ClientSession() as session, session.get(f"{stack['gateway_url']}/readyz") as resp:
-        assert resp.status == 200
+    assert set(stack) == {"kafka_bootstrap", "database_url", "gateway_url", "metrics"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{stack['gateway_url']}/readyz") as resp:
+            assert resp.status == 200
+        # One process each, each with its own /metrics.
+        assert set(stack["metrics"]) == {"gateway", *STAGES}
+        for url in stack["metrics"].values():
+            async with session.get(url) as resp:
+                assert resp.status == 200
+                assert "reelstream_" in await resp.text()
+    children = json.loads((tmp_path / "run" / "children.json").read_text())["children"]
+    assert set(children) == {"gateway", *STAGES}
 
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 60) == 0
@@ -169,6 +177,8 @@ async def test_serve_starts_prints_ready_and_stops_cleanly_on_sigterm(tmp_path: 
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True
     ).stdout.split()
     assert postgres_pids == [], "an embedded process outlived serve"
+    assert [name for name, child in children.items() if _alive(child["pid"])] == []
+    assert not (tmp_path / "run" / "children.json").exists()
 
 
 def test_serve_on_a_taken_port_says_so_without_a_traceback(tmp_path: Path) -> None:
@@ -184,6 +194,39 @@ def test_serve_on_a_taken_port_says_so_without_a_traceback(tmp_path: Path) -> No
     assert "already in use" in result.stderr and "REELSTREAM_HTTP_PORT" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "stack.json").exists()
+
+
+_PORT_TAKEN_LATE = """
+import socket, sys
+from reelstream import cli
+
+taken = socket.socket()
+taken.bind(("127.0.0.1", int(sys.argv[1])))
+taken.listen()
+cli._port_free = lambda host, port: True  # taken after serve looked: only its gateway process finds out
+sys.argv = ["reelstream", "serve"]
+cli.main()
+"""
+
+
+def test_serve_exits_plainly_when_one_of_its_processes_cannot_start(tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(REELSTREAM_DATA_DIR=str(tmp_path), REELSTREAM_HTTP_PORT=str(port))
+    result = subprocess.run(
+        [sys.executable, "-c", _PORT_TAKEN_LATE, str(port)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: gateway exited with code 2 before it was ready" in result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("[gateway]")]
+    assert any(f"127.0.0.1:{port} is already in use" in line for line in said), said
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "ready" not in result.stdout
+    assert not (tmp_path / "stack.json").exists()
+    assert _processes_mentioning(tmp_path) == []  # the stages, broker and Postgres were stopped
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,6 +268,12 @@ def _embedded_pids(data_dir: Path) -> dict[str, int]:
         "kafka": int((data_dir / "run" / "kafka.pid").read_text().split()[0]),
         "postgres": int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0]),
     }
+
+
+def _supervised_pids(data_dir: Path) -> dict[str, int]:
+    """The gateway and stage processes of a running serve, as its supervisor records them."""
+    children = json.loads((data_dir / "run" / "children.json").read_text())["children"]
+    return {name: int(child["pid"]) for name, child in children.items()}
 
 
 def _processes_mentioning(path: Path) -> list[str]:
@@ -324,6 +373,7 @@ async def test_serve_stops_within_10_s_with_work_in_flight_and_restarts_at_once(
             generation_id = await _generation_in_flight(session, api)
             children = _children_of(proc.pid)
             assert set(_embedded_pids(data_dir).values()) <= children
+            assert set(_supervised_pids(data_dir).values()) <= children  # gateway and stages
             started = time.monotonic()
             _interrupt(proc, how)
             code = await asyncio.wait_for(proc.wait(), 30)
@@ -360,6 +410,7 @@ async def test_after_a_sigkill_of_serve_nothing_embedded_stays_and_a_restart_wor
         async with aiohttp.ClientSession() as session:
             generation_id = await _generation_in_flight(session, api)
         embedded = _embedded_pids(data_dir)
+        supervised = _supervised_pids(data_dir)
         proc.kill()
         await proc.wait()
     finally:
@@ -379,6 +430,9 @@ async def test_after_a_sigkill_of_serve_nothing_embedded_stays_and_a_restart_wor
     again, ready_seconds = await _start_serve(env, log)  # at once: the leftovers may still be stopping
     try:
         gone = await asyncio.wait_for(watcher, 1)
+        # The gateway and stages of the killed run went with it (parent-death signal): only the new ones run.
+        assert [name for name, pid in supervised.items() if _alive(pid)] == []
+        assert set(_supervised_pids(data_dir).values()) <= _children_of(again.pid)
         assert await _status(api, generation_id) not in ("failed", "canceled")
     finally:
         watcher.cancel()
