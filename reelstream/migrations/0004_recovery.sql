@@ -35,3 +35,6 @@ CREATE INDEX generations_open_idx ON generations (updated_at)
     WHERE status NOT IN ('completed', 'failed', 'canceled');
 
 CREATE INDEX webhook_deliveries_age_idx ON webhook_deliveries (received_at);
+
+-- Clips whose outcome completion has not recorded: what the prediction poller looks at.
+CREATE INDEX clips_unrecorded_idx ON clips (generation_id) WHERE status IN ('submitted', 'processing');

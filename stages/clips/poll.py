@@ -2,11 +2,12 @@
 
 Lost webhooks: a prediction that has not reported back in time is asked directly.
 
-Every ``prediction_poll_seconds`` the clips stage claims the outstanding clips whose last news (the
-submission, or the previous poll) is older than that, and asks the provider about each one. A finished
-prediction is published as ``clip.completed`` under the same event id its webhook would have had, so
-a webhook that turns up after all is handled once. Rows are claimed with ``SKIP LOCKED`` and stamped, so
-replicas of the stage never poll the same prediction in the same round.
+Every ``prediction_poll_seconds`` the clips stage claims the clips whose outcome completion has not
+recorded (whether or not this stage saw it: a ``clip.completed`` can be lost between the two) and
+whose last news (the submission, or the previous poll) is older than that, and asks the provider about
+each one. A finished prediction is published as ``clip.completed`` under the same event id its webhook
+would have had, so a webhook that turns up after all is handled once. Rows are claimed with ``SKIP
+LOCKED`` and stamped, so replicas of the stage never poll the same prediction in the same round.
 """
 
 import logging
@@ -33,7 +34,7 @@ UPDATE clips SET polled_at = now()
 WHERE (generation_id, clip_id) IN (
     SELECT c.generation_id, c.clip_id
     FROM clips c JOIN generations g ON g.id = c.generation_id
-    WHERE g.status = 'generating' AND c.status IN ('submitted', 'processing') AND NOT c.settled
+    WHERE g.status = 'generating' AND c.status IN ('submitted', 'processing')
       AND c.prediction_id IS NOT NULL
       AND COALESCE(c.polled_at, c.updated_at) < now() - make_interval(secs => $1)
     ORDER BY COALESCE(c.polled_at, c.updated_at)
@@ -133,8 +134,9 @@ async def drive_stalled(sweeper: Sweeper) -> None:
         except TransientError as exc:
             log.warning("%s: could not drive its submissions on yet: %s", generation_id, exc)
             continue
-        metrics.RECONCILER_ACTIONS.labels("clips_driven").inc()
-        log.warning("%s: drove stalled submissions on (%d created)", generation_id, len(made))
+        if made:
+            metrics.RECONCILER_ACTIONS.labels("clips_driven").inc()
+            log.warning("%s: drove stalled submissions on (%d created)", generation_id, len(made))
         for topic, data in collected:
             await sweeper.publish(
                 topic,

@@ -26,7 +26,11 @@ async def stack(
     kafka_bootstrap: str, new_database: Callable[[], Awaitable[str]], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
     settings = stack_settings(
-        tmp_path_factory.mktemp("recovery"), kafka_bootstrap, await new_database(), reconcile_seconds=1.0
+        tmp_path_factory.mktemp("recovery"),
+        kafka_bootstrap,
+        await new_database(),
+        reconcile_seconds=1.0,
+        prediction_poll_seconds=1.0,
     )
     async with running_stack(settings) as running:
         yield running
@@ -102,6 +106,48 @@ async def test_an_assembly_cut_short_by_a_crash_is_finished(stack: Stack, db: as
         assert abs(container.duration / 1_000_000 - 10) < 0.05
     after = await db.fetchval("SELECT count(*) FROM predictions WHERE generation_id = $1", generation_id)
     assert after == predictions  # finished from what was stored: nothing paid again
+
+
+async def test_an_outcome_lost_between_the_clips_stage_and_completion_is_polled_again(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    generation_id = await order(stack)
+    first = await ended(stack, generation_id)
+    assert first["status"] == "completed", first["error"]
+    folder = stack.settings.data_dir / "storage" / "generations" / generation_id
+    predictions = await db.fetchval(
+        "SELECT count(*) FROM predictions WHERE generation_id = $1", generation_id
+    )
+
+    # The clips stage saw the last clip's outcome (its slot is settled) but completion never did: the
+    # message was lost with the broker. Completion's record of it, the clip file and the video are not there.
+    clip_id, outcome_id = await db.fetchrow(
+        "SELECT clip_id, outcome->>'id' FROM clips WHERE generation_id = $1 ORDER BY idx DESC LIMIT 1",
+        generation_id,
+    )
+    await db.execute(
+        "UPDATE clips SET status = 'submitted', storage_key = NULL, outcome = NULL, polled_at = NULL,"
+        " updated_at = now() - interval '1 minute' WHERE generation_id = $1 AND clip_id = $2",
+        generation_id,
+        clip_id,
+    )
+    await db.execute(
+        "UPDATE generations SET status = 'generating', video = NULL WHERE id = $1", generation_id
+    )
+    await db.execute(
+        "DELETE FROM processed_events WHERE consumer = 'completion' AND event_id = $1", outcome_id
+    )
+    for path in (folder / "final.mp4", folder / "clips" / f"{clip_id}.mp4"):
+        await asyncio.to_thread(path.unlink)
+
+    again = await ended(stack, generation_id)
+    assert again["status"] == "completed", again["error"]
+    assert await asyncio.to_thread((folder / "clips" / f"{clip_id}.mp4").is_file)
+    with av.open(str(folder / "final.mp4")) as container:
+        assert container.duration is not None
+        assert abs(container.duration / 1_000_000 - 10) < 0.05
+    after = await db.fetchval("SELECT count(*) FROM predictions WHERE generation_id = $1", generation_id)
+    assert after == predictions  # asked the provider again, paid nothing again
 
 
 async def test_a_request_the_gateway_never_published_is_taken_up(
