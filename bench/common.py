@@ -162,7 +162,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d|^\{")
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d|^\{|^\[[\w.-]+\] ")
 
 
 @dataclass
@@ -199,8 +199,8 @@ class Proc:
     def wait_for(self, text: str, timeout: float) -> str:
         """The first output line containing ``text``, log lines aside; raises if it dies or time runs out.
 
-        Log lines (``2026-01-01 00:00:00,000 INFO ...``) are skipped: "embedded Kafka ready" is not the
-        contract's ``ready`` line.
+        Log lines (``2026-01-01 00:00:00,000 INFO ...``) and lines a supervisor copies from its children
+        (``[gateway] ready: ...``) are skipped: "embedded Kafka ready" is not the contract's ``ready``.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -255,9 +255,10 @@ def reelstream_argv(*args: str) -> list[str]:
     return [PYTHON, "-m", "reelstream.cli", *args]
 
 
-def base_env(**extra: str) -> dict[str, str]:
+def base_env(tree: Path = ROOT, **extra: str) -> dict[str, str]:
+    """Our environment without any ``REELSTREAM_*``, importing reelstream from ``tree`` first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REELSTREAM_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 
@@ -272,6 +273,7 @@ class Stack:
     data_dir: Path
     stack: dict[str, Any]
     log_dir: Path
+    env: dict[str, str]
 
     def processes(self) -> dict[int, str]:
         """pid → command line of serve and everything it started."""
@@ -282,10 +284,14 @@ class Stack:
         """The Python processes of reelstream (serve, and its stage/gateway children if it has any)."""
         return {p: c for p, c in self.processes().items() if "reelstream" in c or "python" in c.split(" ")[0]}
 
+    def gateway_shares_stages(self) -> bool:
+        """Whether the gateway runs in the same process as the stages (serve before the supervisor)."""
+        return self.gateway_pid() == self.serve.pid
+
     def gateway_pid(self) -> int:
         """The process serving HTTP: a child whose command line names the gateway, else serve itself."""
         for pid, line in self.reelstream_processes().items():
-            if pid != self.serve.pid and "gateway" in line:
+            if pid != self.serve.pid and "gateway" in line.split():
                 return pid
         return self.serve.pid
 
@@ -310,17 +316,27 @@ def start_bare(log_dir: Path) -> tuple[Proc, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
+def compare_tree() -> Path | None:
+    """``BENCH_COMPARE=DIR``: also run the code in DIR (an export of main, say): before/after in one run."""
+    value = os.environ.get("BENCH_COMPARE")
+    return Path(value).resolve() if value else None
+
+
 @contextlib.contextmanager
-def stack(log_dir: Path, *, ready_within: float = 180.0, **settings: str) -> Iterator[Stack]:
+def stack(
+    log_dir: Path, *, tree: Path = ROOT, ready_within: float = 180.0, **settings: str
+) -> Iterator[Stack]:
     """``reelstream serve`` on a fresh data dir and port, with Replicate pointed at the held stand-in.
 
     The rate limit is raised out of the way and the sweeps that would re-drive or poll the waiting
-    generations are pushed past the benchmark (each can be overridden through ``settings``).
+    generations are pushed past the benchmark (each can be overridden through ``settings``). ``tree``:
+    the source tree serve imports reelstream from (another one gives a before/after in the same run).
     """
     provider, provider_url = start_provider(log_dir)
     data_dir = Path(tempfile.mkdtemp(prefix="reelstream-bench-"))
     port = free_port()
     env = base_env(
+        tree,
         REELSTREAM_DATA_DIR=str(data_dir),
         REELSTREAM_HTTP_PORT=str(port),
         REELSTREAM_REPLICATE_API_TOKEN=REPLICATE_TOKEN,
@@ -335,11 +351,28 @@ def stack(log_dir: Path, *, ready_within: float = 180.0, **settings: str) -> Ite
     try:
         serve.wait_for("ready", ready_within)
         info = json.loads((data_dir / "stack.json").read_text())
-        yield Stack(serve, provider, f"http://127.0.0.1:{port}", data_dir, info, log_dir)
+        yield Stack(serve, provider, f"http://127.0.0.1:{port}", data_dir, info, log_dir, env)
     finally:
         serve.stop()
         provider.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lone_gateway(stack_: Stack, *, tree: Path = ROOT) -> Iterator[tuple[Proc, str]]:
+    """``reelstream gateway`` as a process of its own beside ``stack_`` (it finds it by stack.json).
+
+    While ``serve`` runs the gateway in the stages' process, this is the gateway as a supervisor of one
+    process per stage (or docker-compose) runs it: same code, a core not shared with the stages' loop.
+    """
+    port = free_port()
+    env = {**stack_.env, "REELSTREAM_HTTP_PORT": str(port), "PYTHONPATH": base_env(tree)["PYTHONPATH"]}
+    proc = Proc.start("gateway", reelstream_argv("gateway"), env, stack_.log_dir)
+    try:
+        proc.wait_for("ready", 60)
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
 
 
 # -- wrk -------------------------------------------------------------------------------------------
@@ -506,6 +539,19 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({path})"
 
 
+#: Frames every sample goes through (CLI, event loop): left out of the inclusive list, which they would top.
+_BOILERPLATE = (
+    "(typer/",
+    "(click/",
+    "(asyncio/runners.py)",
+    "run_forever (",
+    "run_until_complete (",
+    "_run_once (",
+    "Handle._run (",
+    "(reelstream/cli.py)",
+)
+
+
 def top_frames(raw: Path, limit: int = 25) -> str:
     """The heaviest functions of a collapsed-stack profile: inclusive (on the stack) and self (leaf) %."""
     inclusive: dict[str, int] = {}
@@ -526,7 +572,8 @@ def top_frames(raw: Path, limit: int = 25) -> str:
     if not total:
         return "(no samples)"
     lines = [f"{total} samples (busy only; idle waits are not sampled)", "", "inclusive  function"]
-    for name, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:limit]:
+    heavy = sorted(inclusive.items(), key=lambda kv: -kv[1])
+    for name, count in [kv for kv in heavy if not any(b in kv[0] for b in _BOILERPLATE)][:limit]:
         lines.append(f"{count / total:8.1%}   {name}")
     lines += ["", "self       function"]
     for name, count in sorted(own.items(), key=lambda kv: -kv[1])[:limit]:
