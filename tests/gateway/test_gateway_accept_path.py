@@ -1,0 +1,103 @@
+"""The accept path's shortcuts keep every promise: shared inserts, a pool without per-release reset.
+
+``POST /api/v1/generations`` without an ``Idempotency-Key`` writes its row through
+:class:`gateway.generations.RowBatcher` (one ``INSERT`` for the rows of concurrent creates); these tests
+pin what that must never change: every 202 names a row that exists with the ``created_at`` it was
+answered with, one bad row fails only its own request, and a request that goes away still leaves its row
+(the reconciler drives it on). No timing is asserted anywhere.
+"""
+
+import asyncio
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from gateway_harness import Gateway, GatewayFactory, Tap
+
+from gateway.generations import ROWS, RowBatcher
+from schemas import topics
+from schemas.api import GenerationRequest
+
+
+def _new_id() -> str:
+    return "gen_" + uuid.uuid4().hex
+
+
+async def test_concurrent_creates_share_inserts_and_every_202_has_its_row(
+    make_gateway: GatewayFactory, fresh_pool: asyncpg.Pool, tap: Any
+) -> None:
+    gw = await make_gateway(pool=fresh_pool, rate_limit_per_minute=100_000)
+    requested: Tap = await tap(topics.GENERATION_REQUESTED)
+    bodies = [{"prompt": f"Concurrent order {i}", "duration_seconds": 5 + i % 3} for i in range(40)]
+    responses = await asyncio.gather(*(gw.client.post("/api/v1/generations", json=b) for b in bodies))
+    assert [r.status for r in responses] == [202] * len(bodies)
+    created = [await r.json() for r in responses]
+
+    batcher = gw.client.app[ROWS]
+    assert batcher.rows == len(bodies)
+    assert batcher.statements < len(bodies)  # at least some rows shared an INSERT
+
+    rows = {
+        r["id"]: r
+        for r in await fresh_pool.fetch(
+            "SELECT id, status, prompt, duration_seconds, created_at FROM generations"
+        )
+    }
+    for body, answer in zip(bodies, created, strict=True):
+        row = rows[answer["generation_id"]]
+        assert (row["status"], row["prompt"], row["duration_seconds"]) == (
+            "queued",
+            body["prompt"],
+            body["duration_seconds"],
+        )
+        assert row["created_at"] == datetime.fromisoformat(answer["created_at"])
+        record = await requested.wait_for(lambda r, gid=answer["generation_id"]: r.event.subject == gid)
+        assert datetime.fromisoformat(record.event.data["requested_at"]) == row["created_at"]
+
+
+async def test_brand_and_options_are_stored_as_json(
+    make_gateway: GatewayFactory, fresh_pool: asyncpg.Pool
+) -> None:
+    gw = await make_gateway(pool=fresh_pool)
+    body = {
+        "prompt": "Lemonade",
+        "brand": {"name": "Acme", "colors": ["#0A84FF"], "guidelines": {"do": ["smile"]}},
+        "options": {"seed": 42, "negative_prompt": "rain"},
+    }
+    gid = await gw.create(**body)
+    row = await fresh_pool.fetchrow("SELECT brand, options FROM generations WHERE id = $1", gid)
+    request = GenerationRequest.model_validate(body)
+    assert row is not None
+    assert row["brand"] == request.brand.model_dump(mode="json") if request.brand else None
+    assert row["options"] == request.options.model_dump(mode="json")
+    detail = await (await gw.client.get(f"/api/v1/generations/{gid}")).json()
+    assert detail["brand"]["name"] == "Acme" and detail["options"]["seed"] == 42
+
+
+async def test_a_bad_row_fails_alone(gw: Gateway) -> None:
+    """A row Postgres refuses (here: an id that exists) fails its own insert, not its batch's."""
+    batcher = RowBatcher(max_in_flight=1)
+    request = GenerationRequest(prompt="Batch neighbour")
+    taken = await gw.create("Already here")
+    ids = [_new_id(), _new_id(), taken, _new_id(), _new_id()]
+    outcomes = await asyncio.gather(
+        *(batcher.insert(gw.deps, gid, request) for gid in ids), return_exceptions=True
+    )
+    assert isinstance(outcomes[2], asyncpg.UniqueViolationError)
+    good = [gid for gid, outcome in zip(ids, outcomes, strict=True) if isinstance(outcome, datetime)]
+    assert len(good) == 4
+    stored = await gw.pool.fetchval("SELECT count(*) FROM generations WHERE id = ANY($1)", good)
+    assert stored == 4
+    assert batcher.statements >= 2  # the first row alone, then the rest together (then one by one)
+
+
+async def test_a_request_that_goes_away_still_leaves_its_row(gw: Gateway) -> None:
+    batcher = RowBatcher()
+    gid = _new_id()
+    task = asyncio.create_task(batcher.insert(gw.deps, gid, GenerationRequest(prompt="Gone client")))
+    await asyncio.sleep(0)  # queued and its insert started
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.gather(*batcher._tasks, return_exceptions=True)
+    assert await gw.pool.fetchval("SELECT status FROM generations WHERE id = $1", gid) == "queued"
