@@ -10,12 +10,15 @@ answered with, one bad row fails only its own request, and a request that goes a
 import asyncio
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from gateway_harness import Gateway, GatewayFactory, Tap
 
+from gateway import database
 from gateway.generations import ROWS, RowBatcher
+from reelstream.settings import Settings
 from schemas import topics
 from schemas.api import GenerationRequest
 
@@ -101,3 +104,21 @@ async def test_a_request_that_goes_away_still_leaves_its_row(gw: Gateway) -> Non
     await asyncio.gather(task, return_exceptions=True)
     await asyncio.gather(*batcher._tasks, return_exceptions=True)
     assert await gw.pool.fetchval("SELECT status FROM generations WHERE id = $1", gid) == "queued"
+
+
+async def test_pool_releases_roll_back_open_transactions(database_url: str, tmp_path: Path) -> None:
+    """The gateway pool skips asyncpg's session reset, but a connection never comes back mid-transaction."""
+    settings = Settings(database_url=database_url, data_dir=tmp_path, gateway_db_pool_max_size=1)
+    pool = await database.open_pool(settings)
+    try:
+        marker = f"rollback-{uuid.uuid4().hex}"
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS t_rollback (v text)")
+            await conn.execute("INSERT INTO t_rollback VALUES ($1)", marker)
+        async with pool.acquire() as conn:  # the same (only) connection
+            assert not conn.is_in_transaction()
+            exists = await conn.fetchval("SELECT to_regclass('pg_temp.t_rollback') IS NOT NULL")
+            assert exists is False  # the uncommitted CREATE was rolled back with everything else
+    finally:
+        await pool.close()
