@@ -80,6 +80,11 @@ class RecentGenerations:
         known = self._entry(generation_id)
         known.request, known.created_at, known.owner = request, created_at, owner
 
+    def has_request(self, generation_id: str) -> bool:
+        """Whether the request of ``generation_id`` is known already (say, this process accepted it)."""
+        known = self._items.get(generation_id)
+        return known is not None and known.request is not None
+
     def requested(self, event: GenerationRequested) -> None:
         """A request seen on ``generation.requested`` (ours or another instance's)."""
         if self.capacity <= 0:

@@ -342,6 +342,8 @@ class StatusHub:
                     await self._dispatch(record)
 
     def _remember_request(self, record: ConsumerRecord[bytes, bytes], generation_id: str) -> None:
+        if self._recent.has_request(generation_id):
+            return  # accepted here (or seen already): decoding its request again would add nothing
         try:
             event = GenerationRequested.model_validate(decode(record.value).data)
         except (ValueError, ValidationError) as exc:
