@@ -8,17 +8,24 @@ answered with, one bad row fails only its own request, and a request that goes a
 """
 
 import asyncio
+import logging
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
+import pytest
 from gateway_harness import Gateway, GatewayFactory, Tap
 
 from gateway import database
+from gateway.app import GatewayDeps, run_gateway
 from gateway.generations import ROWS, RowBatcher
+from reelstream.embedded import free_port
+from reelstream.kafka import Producer
 from reelstream.settings import Settings
+from reelstream.storage import LocalStorage
 from schemas import topics
 from schemas.api import GenerationRequest
 
@@ -122,3 +129,41 @@ async def test_pool_releases_roll_back_open_transactions(database_url: str, tmp_
             assert exists is False  # the uncommitted CREATE was rolled back with everything else
     finally:
         await pool.close()
+
+
+async def test_served_gateway_logs_each_order_but_no_access_line_per_request(
+    gw_pool: asyncpg.Pool,
+    gw_producer: Producer,
+    gw_bootstrap: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under load an access line per request cost a tenth of the CPU; each order's own line stays."""
+    deps = GatewayDeps(
+        settings=Settings(data_dir=tmp_path, api_keys=None),
+        pool=gw_pool,
+        producer=gw_producer,
+        kafka_bootstrap=gw_bootstrap,
+        storage=LocalStorage(tmp_path / "storage"),
+        provider=None,
+        webhook_secret="whsec_dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ=",
+    )
+    port = free_port()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(run_gateway(deps, host="127.0.0.1", port=port, ready=ready, stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        with caplog.at_level(logging.DEBUG):
+            async with aiohttp.ClientSession() as session:
+                url = f"http://127.0.0.1:{port}/api/v1/generations"
+                async with session.post(url, json={"prompt": "Logged once"}) as resp:
+                    assert resp.status == 202
+                    gid = (await resp.json())["generation_id"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 15)
+    assert not [r for r in caplog.records if r.name == "aiohttp.access"]
+    assert any(r.name == "gateway.generations" and gid in r.getMessage() for r in caplog.records)
+    assert any(
+        r.name == "gateway.errors" and "/api/v1/generations 202" in r.getMessage() for r in caplog.records
+    )
