@@ -14,8 +14,8 @@ While ``serve`` runs the gateway inside the stages' process, each run also measu
 as a process of its own beside a fresh stack: the shape a supervisor of one process per stage gives it.
 
 Settings: BENCH_RUNS (3), BENCH_SECONDS (20), BENCH_CONNECTIONS (64), BENCH_PROFILE (1),
-BENCH_LONE_GATEWAY (1), and
-BENCH_COMPARE=DIR to measure the source tree in DIR too, in the same runs (before/after).
+BENCH_LONE_GATEWAY (1), and BENCH_COMPARE=DIR or NAME=DIR,... to measure other source trees too, in the
+same runs (before/after figures).
 """
 
 import contextlib
@@ -81,11 +81,9 @@ def main() -> None:
     logs = common.log_dir("accept")
     script = common.post_script(logs / "post.lua", common.ORDER)
     print(f"body: {common.ORDER}")
-    trees = {"gateway": common.ROOT}
-    before = common.compare_tree()
-    if before is not None:
-        trees = {"before": before, "gateway": common.ROOT}
-        print(f"before: {before}")
+    trees = {**common.compare_trees(), "gateway": common.ROOT}
+    for name, tree in trees.items():
+        print(f"{name}: {tree}")
     bare, bare_url = common.start_bare(logs)
     runs: list[dict[str, Any]] = []
     profiles: dict[str, str] = {}

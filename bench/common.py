@@ -316,10 +316,17 @@ def start_bare(log_dir: Path) -> tuple[Proc, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def compare_tree() -> Path | None:
-    """``BENCH_COMPARE=DIR``: also run the code in DIR (an export of main, say): before/after in one run."""
-    value = os.environ.get("BENCH_COMPARE")
-    return Path(value).resolve() if value else None
+def compare_trees() -> dict[str, Path]:
+    """``BENCH_COMPARE``: other source trees to measure in the same runs, for before/after figures.
+
+    ``DIR`` (named "before") or ``NAME=DIR,NAME=DIR`` (say, exports of main and of each fix's commit).
+    """
+    value = os.environ.get("BENCH_COMPARE", "").strip()
+    trees: dict[str, Path] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, path = item.rpartition("=")
+        trees[name or "before"] = Path(path).resolve()
+    return trees
 
 
 @contextlib.contextmanager
