@@ -44,7 +44,7 @@ def create_app(deps: GatewayDeps) -> web.Application:
     app[LIMITER] = SlidingWindow(deps.settings.rate_limit_per_minute)
     app[READINESS] = Readiness()
     app[RECENT] = RecentGenerations(deps.settings.gateway_memory_size)
-    app[generations.ROWS] = generations.RowBatcher()
+    app[generations.ROWS] = generations.row_writer(deps)
     app[webhooks.CANCELS] = {}
     app[ws.SOCKETS] = {}
     for table in (

@@ -3,9 +3,10 @@
 Creating writes the row first and publishes ``generation.requested`` before answering 202, so the id a
 client gets is immediately readable (``queued``, never 404) and is already on its way to the stages.
 
-Under load the rows of concurrent creates share one ``INSERT`` (:class:`RowBatcher`, a group commit): a
-round trip to Postgres costs far more than a row, and a request waits for at most the insert in flight
-plus its own. Orders with an ``Idempotency-Key`` take their own transaction (key and row together).
+Under load the rows of concurrent creates share one ``INSERT`` (:mod:`gateway.batching`, a group
+commit): a round trip to Postgres costs far more than a row, and a request waits for at most the insert
+in flight plus its own. A request that goes away after its row was queued still leaves the row (the
+reconciler drives it on). Orders with an ``Idempotency-Key`` take their own transaction (key and row).
 
 While Postgres is unreachable (and the broker is not) orders still come in: the request goes to
 ``generation.requested`` without its row, and intake inserts the row (idempotently, with the same
@@ -14,9 +15,9 @@ While Postgres is unreachable (and the broker is not) orders still come in: the 
 ``Idempotency-Key`` is refused with 503 instead: its key cannot be checked.
 """
 
-import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel
 
+from gateway.batching import GroupCommit
 from gateway.body import json_body
 from gateway.database import DatabaseUnavailable, connection
 from gateway.deps import GatewayDeps, get_deps
@@ -192,11 +194,12 @@ async def _store(
     raise ApiError(409, "conflict", f"this {IDEMPOTENCY_HEADER} is being used concurrently; retry")
 
 
-@dataclass
-class _Row:
+@dataclass(frozen=True)
+class NewRow:
+    """A generation row to insert (an order without an ``Idempotency-Key``)."""
+
     generation_id: str
     request: GenerationRequest
-    done: "asyncio.Future[datetime]"
 
 
 _INSERT_ROWS = (
@@ -208,106 +211,27 @@ _INSERT_ROWS = (
 )
 
 
-class RowBatcher:
-    """Group commit for the rows of creates without an ``Idempotency-Key``.
-
-    A create queues its row and waits. While fewer than ``max_in_flight`` inserts are running, a new one
-    starts at once with every row queued so far (up to ``max_rows``): an idle gateway inserts each row
-    alone, without delay; a busy one turns N round trips into one. One statement, so the batch commits
-    as a whole; if it fails for a reason other than an outage, its rows are tried one by one, so one
-    bad row fails only its own request. An outage fails every waiter with :class:`DatabaseUnavailable`
-    (each is then queued without its row, as before).
-
-    The inserts run in tasks of their own: a request that goes away does not take its neighbours' insert
-    with it (its row is still written, and the reconciler drives it on like any stalled generation).
-    """
-
-    def __init__(self, *, max_rows: int = 512, max_in_flight: int = 2) -> None:
-        self.max_rows = max_rows
-        self.max_in_flight = max_in_flight
-        self._queued: list[_Row] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: Rows written, and statements used for them (for tests and /metrics-minded readers).
-        self.rows = 0
-        self.statements = 0
-
-    async def insert(self, deps: GatewayDeps, generation_id: str, req: GenerationRequest) -> datetime:
-        """The row's ``created_at`` once committed; raises what the insert raised."""
-        row = _Row(generation_id, req, asyncio.get_running_loop().create_future())
-        self._queued.append(row)
-        self._kick(deps)
-        return await row.done  # if this request is canceled, the row is still written with its batch
-
-    def _kick(self, deps: GatewayDeps) -> None:
-        while self._queued and self._in_flight < self.max_in_flight:
-            batch, self._queued = self._queued[: self.max_rows], self._queued[self.max_rows :]
-            self._in_flight += 1
-            task = asyncio.create_task(self._flush(deps, batch), name="generation-rows")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _flush(self, deps: GatewayDeps, batch: list[_Row]) -> None:
-        try:
-            await self._write(deps, batch)
-        except asyncio.CancelledError:
-            for row in batch:
-                row.done.cancel()
-            raise
-        except Exception as exc:  # every waiter hears about it; nothing is left pending
-            for row in batch:
-                _settle(row, exc)
-        finally:
-            self._in_flight -= 1
-            self._kick(deps)
-
-    async def _write(self, deps: GatewayDeps, batch: list[_Row]) -> None:
-        try:
-            created = await self._statement(deps, batch)
-        except DatabaseUnavailable:
-            raise
-        except Exception:
-            if len(batch) == 1:
-                raise
-            log.warning("a batch of %d generation rows failed; inserting them one by one", len(batch))
-            for row in batch:
-                try:
-                    created = await self._statement(deps, [row])
-                except Exception as exc:
-                    _settle(row, exc)
-                else:
-                    _settle(row, created[row.generation_id])
-            return
-        for row in batch:
-            _settle(row, created[row.generation_id])
-
-    async def _statement(self, deps: GatewayDeps, batch: Sequence[_Row]) -> dict[str, datetime]:
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
-        for row in batch:
-            req = row.request
-            brand = req.brand.model_dump_json() if req.brand is not None else None
-            values = (row.generation_id, req.prompt, req.duration_seconds, req.aspect_ratio, brand)
-            for column, value in zip(columns, (*values, req.options.model_dump_json()), strict=True):
-                column.append(value)
-        async with connection(deps) as conn:
-            records = await conn.fetch(_INSERT_ROWS, *columns)
-        self.statements += 1
-        self.rows += len(records)
-        return {r["id"]: r["created_at"] for r in records}
+async def insert_rows(deps: GatewayDeps, rows: Sequence[NewRow]) -> list[datetime]:
+    """Insert ``rows`` in one statement (all or none); their ``created_at``, in order."""
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+    for row in rows:
+        req = row.request
+        brand = req.brand.model_dump_json() if req.brand is not None else None
+        values = (row.generation_id, req.prompt, req.duration_seconds, req.aspect_ratio, brand)
+        for column, value in zip(columns, (*values, req.options.model_dump_json()), strict=True):
+            column.append(value)
+    async with connection(deps) as conn:
+        records = await conn.fetch(_INSERT_ROWS, *columns)
+    created = {r["id"]: r["created_at"] for r in records}
+    return [created[row.generation_id] for row in rows]
 
 
-def _settle(row: _Row, outcome: datetime | Exception) -> None:
-    """Hand a row its outcome, unless its request has gone away (its future was canceled with it)."""
-    if row.done.done():
-        return
-    if isinstance(outcome, Exception):
-        row.done.set_exception(outcome)
-        row.done.exception()  # marked as retrieved: nobody may be left to await it
-    else:
-        row.done.set_result(outcome)
+def row_writer(deps: GatewayDeps) -> GroupCommit[NewRow, datetime]:
+    """The rows of concurrent creates share one ``INSERT`` (see :mod:`gateway.batching`)."""
+    return GroupCommit(functools.partial(insert_rows, deps), name="generation-rows")
 
 
-ROWS = web.AppKey("reelstream_generation_rows", RowBatcher)
+ROWS: web.AppKey[GroupCommit[NewRow, datetime]] = web.AppKey("reelstream_generation_rows", GroupCommit)
 
 
 @routes.post("/api/v1/generations")
@@ -320,7 +244,7 @@ async def create_generation(request: web.Request) -> web.Response:
     stored: GenerationCreated | datetime
     try:
         if key is None:
-            stored = await request.app[ROWS].insert(deps, generation_id, req)
+            stored = await request.app[ROWS].submit(NewRow(generation_id, req))
         else:
             stored = await _store(deps, generation_id, req, key, request_hash(req))
     except DatabaseUnavailable as exc:

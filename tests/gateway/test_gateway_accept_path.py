@@ -1,13 +1,14 @@
 """The accept path's shortcuts keep every promise: shared inserts, a pool without per-release reset.
 
-``POST /api/v1/generations`` without an ``Idempotency-Key`` writes its row through
-:class:`gateway.generations.RowBatcher` (one ``INSERT`` for the rows of concurrent creates); these tests
+``POST /api/v1/generations`` without an ``Idempotency-Key`` writes its row through a
+:class:`gateway.batching.GroupCommit` (one ``INSERT`` for the rows of concurrent creates); these tests
 pin what that must never change: every 202 names a row that exists with the ``created_at`` it was
 answered with, one bad row fails only its own request, and a request that goes away still leaves its row
 (the reconciler drives it on). No timing is asserted anywhere.
 """
 
 import asyncio
+import functools
 import logging
 import uuid
 from datetime import datetime
@@ -21,7 +22,8 @@ from gateway_harness import Gateway, GatewayFactory, Tap
 
 from gateway import database
 from gateway.app import GatewayDeps, run_gateway
-from gateway.generations import ROWS, RowBatcher
+from gateway.batching import GroupCommit
+from gateway.generations import ROWS, NewRow, insert_rows
 from reelstream.embedded import free_port
 from reelstream.kafka import Producer
 from reelstream.settings import Settings
@@ -44,9 +46,9 @@ async def test_concurrent_creates_share_inserts_and_every_202_has_its_row(
     assert [r.status for r in responses] == [202] * len(bodies)
     created = [await r.json() for r in responses]
 
-    batcher = gw.client.app[ROWS]
-    assert batcher.rows == len(bodies)
-    assert batcher.statements < len(bodies)  # at least some rows shared an INSERT
+    writer = gw.client.app[ROWS]
+    assert writer.items == len(bodies)
+    assert writer.batches < len(bodies)  # at least some rows shared an INSERT
 
     rows = {
         r["id"]: r
@@ -87,29 +89,29 @@ async def test_brand_and_options_are_stored_as_json(
 
 async def test_a_bad_row_fails_alone(gw: Gateway) -> None:
     """A row Postgres refuses (here: an id that exists) fails its own insert, not its batch's."""
-    batcher = RowBatcher(max_in_flight=1)
+    writer = GroupCommit(functools.partial(insert_rows, gw.deps), name="test", max_in_flight=1)
     request = GenerationRequest(prompt="Batch neighbour")
     taken = await gw.create("Already here")
     ids = [_new_id(), _new_id(), taken, _new_id(), _new_id()]
     outcomes = await asyncio.gather(
-        *(batcher.insert(gw.deps, gid, request) for gid in ids), return_exceptions=True
+        *(writer.submit(NewRow(gid, request)) for gid in ids), return_exceptions=True
     )
     assert isinstance(outcomes[2], asyncpg.UniqueViolationError)
     good = [gid for gid, outcome in zip(ids, outcomes, strict=True) if isinstance(outcome, datetime)]
     assert len(good) == 4
     stored = await gw.pool.fetchval("SELECT count(*) FROM generations WHERE id = ANY($1)", good)
     assert stored == 4
-    assert batcher.statements >= 2  # the first row alone, then the rest together (then one by one)
+    assert writer.items == 4
 
 
 async def test_a_request_that_goes_away_still_leaves_its_row(gw: Gateway) -> None:
-    batcher = RowBatcher()
+    writer = GroupCommit(functools.partial(insert_rows, gw.deps), name="test")
     gid = _new_id()
-    task = asyncio.create_task(batcher.insert(gw.deps, gid, GenerationRequest(prompt="Gone client")))
+    task = asyncio.create_task(writer.submit(NewRow(gid, GenerationRequest(prompt="Gone client"))))
     await asyncio.sleep(0)  # queued and its insert started
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await asyncio.gather(*batcher._tasks, return_exceptions=True)
+    await writer.drain()
     assert await gw.pool.fetchval("SELECT status FROM generations WHERE id = $1", gid) == "queued"
 
 
