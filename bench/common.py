@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,9 +386,12 @@ def lone_gateway(stack_: Stack, *, tree: Path = ROOT) -> Iterator[tuple[Proc, st
 # -- wrk -------------------------------------------------------------------------------------------
 
 _WRK_REPORT = r"""
--- appended by bench/common.py: count statuses per thread, print one JSON line at the end
+-- appended by bench/common.py: number the threads, count statuses, print one JSON line at the end
 local _threads = {}
-function setup(thread) table.insert(_threads, thread) end
+function setup(thread)
+  thread:set("tid", #_threads)  -- 0, 1, ...: scripts that share out precomputed requests use it
+  table.insert(_threads, thread)
+end
 _statuses = {}
 function response(status, headers, body) _statuses[status] = (_statuses[status] or 0) + 1 end
 function done(summary, latency, requests)
@@ -424,13 +428,13 @@ def wrk_script(path: Path, body: str) -> Path:
 
 def post_script(path: Path, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Path:
     """POST the same JSON body on every request."""
-    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(json.dumps(payload))}"]
+    lines = ['wrk.method = "POST"', f"wrk.body = {lua_string(json.dumps(payload))}"]
     for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
-        lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
+        lines.append(f"wrk.headers[{lua_string(name)}] = {lua_string(value)}")
     return wrk_script(path, "\n".join(lines))
 
 
-def _lua_string(text: str) -> str:
+def lua_string(text: str) -> str:
     """A Lua string literal: printable ASCII as is, every other byte as a decimal escape."""
     out = []
     for byte in text.encode():
@@ -464,7 +468,10 @@ class WrkResult:
         )
 
 
-def wrk(url: str, script: Path, *, connections: int, seconds: int, threads: int = 2) -> WrkResult:
+WRK_THREADS = 2
+
+
+def wrk(url: str, script: Path, *, connections: int, seconds: int, threads: int = WRK_THREADS) -> WrkResult:
     """Run wrk against ``url``; the request rate counts every answer, so check ``statuses`` too."""
     argv = [
         "wrk",
@@ -602,3 +609,14 @@ def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float)
     """``reelstream 1.21 cores, postgres 0.30, ...``: what each kind used during ``seconds``."""
     parts = [f"{k} {(after.get(k, 0.0) - v) / seconds:.2f}" for k, v in before.items()]
     return "cores used: " + ", ".join(parts)
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    """One sample of the Prometheus text at ``url`` (``/metrics``): ``name{labels}``, 0 when absent."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return 0.0
