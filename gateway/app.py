@@ -46,6 +46,7 @@ def create_app(deps: GatewayDeps) -> web.Application:
     app[RECENT] = RecentGenerations(deps.settings.gateway_memory_size)
     app[generations.ROWS] = generations.row_writer(deps)
     app[webhooks.CANCELS] = {}
+    app[webhooks.DELIVERIES] = webhooks.delivery_writer(deps)
     app[ws.SOCKETS] = {}
     for table in (
         generations.routes,
