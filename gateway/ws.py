@@ -94,6 +94,38 @@ class _Close:
     reason: str
 
 
+class Rendered:
+    """The messages of one status event as JSON, rendered once for every subscriber of its generation.
+
+    Every subscriber of a generation is told the same ``status`` and ``clip`` messages (or fewer): with
+    many sockets on one generation, serialising them once per event instead of once per socket is most
+    of the hub's work saved.
+    """
+
+    def __init__(self, event: GenerationStatusChanged) -> None:
+        self.event = event
+        self._status: str | None = None
+        self._clips: dict[tuple[str, ClipState], str] = {}
+
+    def status(self) -> str:
+        if self._status is None:
+            event = self.event
+            self._status = StatusMessage(
+                generation_id=event.generation_id, status=event.status, progress=event.progress, at=event.at
+            ).model_dump_json()
+        return self._status
+
+    def clip(self, clip: Clip) -> str:
+        key = (clip.clip_id, _clip_state(clip))
+        text = self._clips.get(key)
+        if text is None:
+            text = ClipMessage(
+                generation_id=self.event.generation_id, clip=clip, at=self.event.at
+            ).model_dump_json()
+            self._clips[key] = text
+        return text
+
+
 @dataclass(eq=False)
 class Subscriber:
     """One WebSocket's view of one generation: what it has been told, and what it still has to be told."""
@@ -107,7 +139,7 @@ class Subscriber:
     clips: dict[str, ClipState] = field(default_factory=dict)
     seeded: bool = False
     closing: bool = False
-    early: list[tuple[GenerationStatusChanged, list[Clip] | None]] = field(default_factory=list)
+    early: list[tuple[GenerationStatusChanged, list[Clip] | None, Rendered]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.maxsize + 1)  # + 1: room for the close marker
@@ -120,45 +152,42 @@ class Subscriber:
         self.clips = {c.clip_id: _clip_state(c) for c in detail.clips}
         self.seeded = True
         early, self.early = self.early, []
-        for event, clips in early:
-            self._apply(event, clips)
+        for event, clips, rendered in early:
+            self._apply(event, clips, rendered)
         if self.status in TERMINAL:
             self._close(1000, f"generation {self.status}")
 
-    def offer(self, event: GenerationStatusChanged, clips: list[Clip] | None) -> None:
-        """Called by the hub for every status event of this generation; never blocks."""
+    def offer(
+        self, event: GenerationStatusChanged, clips: list[Clip] | None, rendered: Rendered | None = None
+    ) -> None:
+        """Called by the hub for every status event of this generation; never blocks.
+
+        ``rendered``: the event's messages, shared by every subscriber of the generation.
+        """
         if self.closing:
             return
+        rendered = rendered or Rendered(event)
         if not self.seeded:
             if len(self.early) >= self.maxsize:
                 self._overflow()
                 return
-            self.early.append((event, clips))
+            self.early.append((event, clips, rendered))
             return
-        self._apply(event, clips)
+        self._apply(event, clips, rendered)
         if self.status in TERMINAL:
             self._close(1000, f"generation {self.status}")
 
-    def _apply(self, event: GenerationStatusChanged, clips: list[Clip] | None) -> None:
+    def _apply(self, event: GenerationStatusChanged, clips: list[Clip] | None, rendered: Rendered) -> None:
         # Clips first: a terminal status is then the last message of the stream.
         for clip in clips or ():
             state = _clip_state(clip)
             known = self.clips.get(clip.clip_id)
             if known != state and (known is None or _clip_order(state) >= _clip_order(known)):
                 self.clips[clip.clip_id] = state
-                self._put(
-                    ClipMessage(generation_id=self.generation_id, clip=clip, at=event.at).model_dump_json()
-                )
+                self._put(rendered.clip(clip))
         if self._moves_forward(event):
             self.status, self.rank, self.progress = event.status, status_rank(event.status), event.progress
-            self._put(
-                StatusMessage(
-                    generation_id=self.generation_id,
-                    status=event.status,
-                    progress=event.progress,
-                    at=event.at,
-                ).model_dump_json()
-            )
+            self._put(rendered.status())
 
     def _moves_forward(self, event: GenerationStatusChanged) -> bool:
         if self.status in TERMINAL:
@@ -387,8 +416,9 @@ class StatusHub:
         ) as exc:  # the status still goes out, without clips
             log.warning("status hub could not read the clips of %s: %r", generation_id, exc)
             clips = None
+        rendered = Rendered(event)
         for sub in list(self._subs.get(generation_id, ())):
-            sub.offer(event, clips)
+            sub.offer(event, clips, rendered)
 
 
 HUB = web.AppKey("reelstream_status_hub", StatusHub)
