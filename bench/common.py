@@ -309,10 +309,11 @@ def start_provider(log_dir: Path) -> tuple[Proc, str]:
     return proc, line.rsplit(" ", 1)[1]
 
 
-def start_bare(log_dir: Path) -> tuple[Proc, str]:
-    """The ceiling: a bare aiohttp handler answering 202, in its own process."""
+def start_bare(log_dir: Path, *args: str) -> tuple[Proc, str]:
+    """The ceiling: a bare aiohttp server (see bare_server.py), in its own process."""
     port = free_port()
-    proc = Proc.start("bare", [PYTHON, str(BENCH / "bare_server.py"), str(port)], base_env(), log_dir)
+    argv = [PYTHON, str(BENCH / "bare_server.py"), str(port), *args]
+    proc = Proc.start("bare", argv, base_env(), log_dir)
     proc.wait_for("listening", 30)
     return proc, f"http://127.0.0.1:{port}"
 

@@ -1,0 +1,169 @@
+"""Benchmark 4: status fan-out. 1,000 WebSocket clients on ``/ws/generations/{id}``, spread over 50
+generations; status events published to ``generation.status``; delay from publish to receipt.
+
+The generations are real orders, waiting at the held Replicate stand-in (status ``generating``). The
+benchmark then publishes ``generation.status`` events for them itself, each stamped with the time it
+was published (``at``), progress moving forward so every subscriber must be told; the clients (a
+process of their own) note when each message arrives. Same machine, same clock.
+
+The ceiling is a bare aiohttp server fed from the same topic (no group, no database, no validation),
+measured with the same clients and the same publisher in the same run.
+
+Target: status delivery p99 < 200 ms.
+Settings: BENCH_WS_CLIENTS (1000), BENCH_WS_GENERATIONS (50), BENCH_WS_ROUNDS (40), BENCH_WS_RATE (4
+rounds of one event per generation per second).
+"""
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import common
+
+from reelstream.events import make_event, now
+from reelstream.kafka import Producer
+from schemas import topics
+from schemas.api import Progress
+from schemas.events import GenerationStatusChanged
+
+CLIENTS = int(os.environ.get("BENCH_WS_CLIENTS", "1000"))
+GENERATIONS = int(os.environ.get("BENCH_WS_GENERATIONS", "50"))
+ROUNDS = int(os.environ.get("BENCH_WS_ROUNDS", "40"))
+RATE = float(os.environ.get("BENCH_WS_RATE", "4"))
+TARGET_P99_MS = 200.0
+
+
+async def orders(url: str, count: int) -> list[str]:
+    """``count`` generations, waited for until every one is ``generating`` (held at the provider)."""
+    async with aiohttp.ClientSession() as session:
+        ids = []
+        for _ in range(count):
+            async with session.post(f"{url}/api/v1/generations", json=common.ORDER) as resp:
+                ids.append((await resp.json())["generation_id"])
+        deadline = time.monotonic() + 180
+        waiting = set(ids)
+        while waiting and time.monotonic() < deadline:
+            for gid in list(waiting):
+                async with session.get(f"{url}/api/v1/generations/{gid}") as resp:
+                    detail = await resp.json()
+                if detail["status"] == "generating" and all(c["prediction_id"] for c in detail["clips"]):
+                    waiting.discard(gid)
+            await asyncio.sleep(0.5)
+        if waiting:
+            raise RuntimeError(f"{len(waiting)} generations never reached 'generating'")
+    await asyncio.sleep(2)  # the last status events of the stages are out
+    return ids
+
+
+async def publish_rounds(bootstrap: str, ids: list[str], rounds: int, rate: float) -> int:
+    """``rounds`` rounds, one status event per generation each, percent 26, 27, ...; returns events sent."""
+    producer = Producer(bootstrap)
+    await producer.start()
+    sent = 0
+    try:
+        start = time.monotonic()
+        for r in range(rounds):
+            await asyncio.sleep(max(0.0, start + r / rate - time.monotonic()))
+            progress = Progress(stage="generating", percent=26 + r, clips_total=3)
+            events = [
+                (
+                    topics.GENERATION_STATUS,
+                    make_event(
+                        topics.GENERATION_STATUS,
+                        GenerationStatusChanged(
+                            generation_id=gid, status="generating", progress=progress, at=now()
+                        ),
+                        source="/bench/fanout",
+                        subject=gid,
+                    ),
+                )
+                for gid in ids
+            ]
+            await producer.send_many(events)
+            sent += len(events)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def measure(
+    name: str, base: str, ids_file: Path, bootstrap: str, ids: list[str], logs: Path
+) -> dict[str, Any]:
+    """Connect the clients to ``base``, publish every round, and collect what arrived and when."""
+    listen = ROUNDS / RATE + 60  # a lagging server still gets its messages counted, late
+    out = logs / f"ws-{name}.json"
+    argv = [common.PYTHON, str(common.BENCH / "ws_clients.py"), base, str(ids_file), str(CLIENTS)]
+    argv += [str(ROUNDS), str(listen), str(out)]
+    clients = common.Proc.start(f"ws_clients_{name}", argv, common.base_env(), logs)
+    try:
+        line = clients.wait_for("connected", 120)
+        connected = int(line.split()[1])
+        sent = asyncio.run(publish_rounds(bootstrap, ids, ROUNDS, RATE))
+        clients.popen.wait(listen + 60)
+    finally:
+        clients.stop()
+    data = json.loads(out.read_text())
+    delays = sorted(d * 1000 for d in data["delays"])
+    per_generation = CLIENTS / len(ids)
+    expected = round(sent * per_generation)
+
+    def pct(q: float) -> float:
+        return delays[min(len(delays) - 1, int(q * len(delays)))] if delays else float("nan")
+
+    result = {
+        "connected": connected, "events": sent, "expected": expected, "received": len(delays),
+        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": delays[-1] if delays else float("nan"),
+        "closes": data["closes"][:10], "closed": len(data["closes"]),
+    }  # fmt: skip
+    print(
+        f"{name:8} {connected} sockets, {sent} events -> {len(delays)}/{expected} messages;"
+        f" p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  max {result['max_ms']:.1f} ms"
+        + (f"; closed early: {len(data['closes'])} {data['closes'][:3]}" if data["closes"] else "")
+        + (f"; sockets that missed messages: {short}" if (short := _short(data, ROUNDS)) else ""),
+        flush=True,
+    )
+    return result
+
+
+def _short(data: dict[str, Any], rounds: int) -> int:
+    return sum(1 for counts in data.get("received", {}).values() for got in counts if got < rounds)
+
+
+def main() -> None:
+    command = (
+        f"{CLIENTS} WebSockets over {GENERATIONS} generations; {ROUNDS} rounds of one generation.status"
+        f" event per generation at {RATE:g} rounds/s"
+    )
+    info = common.header("fan-out: generation.status to WebSockets", command)
+    logs = common.log_dir("fanout")
+    with common.stack(logs) as stack:
+        ids = asyncio.run(orders(stack.url, GENERATIONS))
+        ids_file = logs / "ids.txt"
+        ids_file.write_text("\n".join(ids) + "\n")
+        bootstrap = stack.stack["kafka_bootstrap"]
+        # The gateway first: its snapshots may come from its memory of generation.status (when Postgres
+        # is slow to hand out a connection), which must not have seen the synthetic events yet.
+        gateway = measure("gateway", stack.url, ids_file, bootstrap, ids, logs)
+        bare, bare_url = common.start_bare(logs, "--ws", bootstrap)
+        try:
+            ceiling = measure("bare", bare_url, ids_file, bootstrap, ids, logs)
+        finally:
+            bare.stop()
+    met = gateway["p99_ms"] < TARGET_P99_MS and gateway["received"] == gateway["expected"]
+    print(
+        f"gateway p99 {gateway['p99_ms']:.1f} ms vs bare {ceiling['p99_ms']:.1f} ms"
+        f" ({gateway['p99_ms'] / ceiling['p99_ms']:.1f}x); every message delivered:"
+        f" {gateway['received'] == gateway['expected']}"
+    )
+    print(f"target p99 < {TARGET_P99_MS:.0f} ms with every message delivered: {'met' if met else 'NOT met'}")
+    common.save(
+        "fanout", {"machine": info, "command": command, "gateway": gateway, "bare": ceiling, "met": met}
+    )
+
+
+if __name__ == "__main__":
+    main()
