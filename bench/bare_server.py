@@ -32,6 +32,10 @@ async def accept(request: web.Request) -> web.Response:
     )
 
 
+#: How long a fetch may wait on the broker for data (tansu holds a fetch this long even when data
+#: arrives meanwhile). As the gateway's status hub does.
+FETCH_WAIT_MS = 50
+
 SUBSCRIBERS = web.AppKey("subscribers", dict[str, set[web.WebSocketResponse]])
 
 
@@ -54,7 +58,9 @@ async def socket(request: web.Request) -> web.WebSocketResponse:
 async def fan_out(app: web.Application, bootstrap: str) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS
+    )
     await consumer.start()
     try:
         found = consumer.partitions_for_topic("generation.status") or ()
@@ -69,8 +75,7 @@ async def fan_out(app: web.Application, bootstrap: str) -> None:
                     if not subs:
                         continue
                     message = json.dumps({"type": "status", **json.loads(record.value)["data"]})
-                    for ws in list(subs):
-                        await ws.send_str(message)
+                    await asyncio.gather(*(ws.send_str(message) for ws in list(subs)), return_exceptions=True)
     finally:
         await consumer.stop()
 
