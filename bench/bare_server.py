@@ -8,7 +8,7 @@ generator allow on this machine right now.
 ``python bench/bare_server.py PORT --ws BOOTSTRAP``: WebSockets on ``/ws/generations/{id}`` fed from
 ``generation.status`` with no group, no database and no parsing beyond the envelope: a ``snapshot``
 placeholder first, then each status event of that generation as it arrives. The fan-out ceiling.
-Prints ``listening`` once it answers.
+Prints ``listening`` once it answers (and ``fan-out ready`` once it watches the topic).
 """
 
 import asyncio
@@ -67,6 +67,9 @@ async def fan_out(app: web.Application, bootstrap: str) -> None:
         partitions = [TopicPartition("generation.status", p) for p in found]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)  # resolved now, not at the first fetch
+        print("fan-out ready", flush=True)
         while True:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
