@@ -283,7 +283,7 @@ class Stack:
 
     def reelstream_processes(self) -> dict[int, str]:
         """The Python processes of reelstream (serve, and its stage/gateway children if it has any)."""
-        return {p: c for p, c in self.processes().items() if "reelstream" in c or "python" in c.split(" ")[0]}
+        return {p: c for p, c in self.processes().items() if _program(c).startswith(("python", "reelstream"))}
 
     def gateway_shares_stages(self) -> bool:
         """Whether the gateway runs in the same process as the stages (serve before the supervisor)."""
@@ -295,6 +295,11 @@ class Stack:
             if pid != self.serve.pid and "gateway" in line.split():
                 return pid
         return self.serve.pid
+
+
+def _program(command_line: str) -> str:
+    """The program's name: ``python3.11`` for ``/usr/bin/python3.11 -m ...``, ``postgres:`` for a backend."""
+    return command_line.split(" ", 1)[0].rsplit("/", 1)[-1] if command_line else ""
 
 
 def start_provider(log_dir: Path) -> tuple[Proc, str]:
