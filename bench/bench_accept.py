@@ -10,8 +10,9 @@ must not slow the next run down. With ``BENCH_PROFILE=1`` (the default) ``py-spy
 process during the first run and its top frames are printed and saved.
 
 Targets (issue "Fast under load"): >= 2,000 req/s, p99 < 50 ms, >= 50 % of the bare handler.
-While ``serve`` runs the gateway inside the stages' process, each run also measures ``reelstream gateway``
-as a process of its own beside a fresh stack: the shape a supervisor of one process per stage gives it.
+While ``serve`` runs the gateway inside the stages' process, the first run also measures ``reelstream
+gateway`` as a process of its own beside a fresh stack: the shape a supervisor of one process per stage
+gives it (once, to keep ``make bench`` short).
 
 Settings: BENCH_RUNS (3), BENCH_SECONDS (20), BENCH_CONNECTIONS (64), BENCH_PROFILE (1),
 BENCH_LONE_GATEWAY (1), and BENCH_COMPARE=DIR or NAME=DIR,... to measure other source trees too, in the
@@ -87,6 +88,8 @@ def main() -> None:
     bare, bare_url = common.start_bare(logs)
     runs: list[dict[str, Any]] = []
     profiles: dict[str, str] = {}
+    for stale in logs.glob("profile*.raw"):
+        stale.unlink()
     try:
         for run in range(1, RUNS + 1):
             common.wrk(bare_url, script, connections=CONNECTIONS, seconds=WARMUP_SECONDS)
@@ -99,7 +102,7 @@ def main() -> None:
                 report(run, name, result, ceiling, cpu, record)
                 if raw is not None and raw.exists():
                     profiles[name] = common.top_frames(raw)
-                if shared and LONE:
+                if shared and LONE and run == 1:
                     raw = logs / f"profile-{name}-lone.raw" if PROFILE and run == 1 else None
                     result, cpu, _ = measure(logs, script, tree, raw, lone=True)
                     report(run, f"{name} (gateway process)", result, ceiling, cpu, record)
@@ -114,11 +117,13 @@ def main() -> None:
 
     summary: dict[str, Any] = {"bare": {"rps": med("bare", "rps"), "p99_ms": med("bare", "p99_ms")}}
     for name in [k for k in runs[0] if k != "bare"]:
-        rps, p99 = med(name, "rps"), med(name, "p99_ms")
-        share = common.median([r[name]["rps"] / r["bare"]["rps"] for r in runs])
+        measured = [r for r in runs if name in r]
+        rps = common.median([r[name]["rps"] for r in measured])
+        p99 = common.median([r[name]["p99_ms"] for r in measured])
+        share = common.median([r[name]["rps"] / r["bare"]["rps"] for r in measured])
         summary[name] = {"rps": rps, "p99_ms": p99, "ratio": share}
         print(
-            f"median of {RUNS}: {name} {rps:.0f} req/s, p99 {p99:.1f} ms, {share:.0%} of bare"
+            f"median of {len(measured)}: {name} {rps:.0f} req/s, p99 {p99:.1f} ms, {share:.0%} of bare"
             f" (bare {summary['bare']['rps']:.0f} req/s, p99 {summary['bare']['p99_ms']:.1f} ms)"
         )
     mine = summary["gateway"]

@@ -10,6 +10,7 @@ The ceiling is a bare aiohttp server fed from the same topic (no group, no datab
 measured with the same clients and the same publisher in the same run.
 
 Target: status delivery p99 < 200 ms.
+BENCH_COMPARE=DIR or NAME=DIR,... measures other source trees too (a stack each), for before/after.
 Settings: BENCH_RUNS (3), BENCH_WS_CLIENTS (1000), BENCH_WS_GENERATIONS (50), BENCH_WS_ROUNDS (24; runs x
 rounds must stay under 74, percent goes up to 99), BENCH_WS_RATE (4
 rounds of one event per generation per second: 200 events/s, 4,000 messages/s to the sockets, spread
@@ -155,42 +156,56 @@ def main() -> None:
     )
     info = common.header("fan-out: generation.status to WebSockets", command)
     logs = common.log_dir("fanout")
-    runs: list[dict[str, Any]] = []
-    with common.stack(logs) as stack:
-        ids = asyncio.run(orders(stack.url, GENERATIONS))
-        ids_file = logs / "ids.txt"
-        ids_file.write_text("\n".join(ids) + "\n")
-        bootstrap = stack.stack["kafka_bootstrap"]
-        bare, bare_url = common.start_bare(logs, "--ws", bootstrap)
-        try:
-            bare.wait_for("fan-out ready", 60)
-            for run in range(RUNS):
-                # Percent moves on from run to run: a snapshot may come from the gateway's memory of
-                # generation.status (when Postgres is slow to hand out a connection), which has seen
-                # the earlier runs' events, and a subscriber is only told what moves forward.
-                first = FIRST_PERCENT + run * ROUNDS
-                pid = stack.gateway_pid() if run == 0 else None
-                gateway = measure("gateway", stack.url, ids_file, bootstrap, ids, logs, first, pid)
-                ceiling = measure("bare", bare_url, ids_file, bootstrap, ids, logs, first)
-                runs.append({"gateway": gateway, "bare": ceiling})
-        finally:
-            bare.stop()
-    p99 = common.median([r["gateway"]["p99_ms"] for r in runs])
-    bare_p99 = common.median([r["bare"]["p99_ms"] for r in runs])
-    delivered = all(r["gateway"]["received"] == r["gateway"]["expected"] for r in runs)
-    met = p99 < TARGET_P99_MS and delivered
-    print(
-        f"median of {RUNS}: gateway p99 {p99:.1f} ms, bare p99 {bare_p99:.1f} ms ({p99 / bare_p99:.1f}x);"
-        f" every message delivered: {delivered}"
-    )
+    trees = {**common.compare_trees(), "gateway": common.ROOT}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*trees, "bare"]}
+    for stale in logs.glob("profile-*.raw"):
+        stale.unlink()
+    for name, tree in trees.items():
+        print(f"{name}: {tree}", flush=True)
+        with common.stack(logs, tree=tree) as stack:
+            ids = asyncio.run(orders(stack.url, GENERATIONS))
+            ids_file = logs / "ids.txt"
+            ids_file.write_text("\n".join(ids) + "\n")
+            bootstrap = stack.stack["kafka_bootstrap"]
+            bare = None
+            if name == "gateway":  # the ceiling once, beside the last stack
+                bare, bare_url = common.start_bare(logs, "--ws", bootstrap)
+                bare.wait_for("fan-out ready", 60)
+            try:
+                for run in range(RUNS):
+                    # Percent moves on from run to run: a snapshot may come from the gateway's memory of
+                    # generation.status (when Postgres is slow to hand out a connection), which has seen
+                    # the earlier runs' events, and a subscriber is only told what moves forward.
+                    first = FIRST_PERCENT + run * ROUNDS
+                    pid = stack.gateway_pid() if run == 0 and PROFILE else None
+                    runs[name].append(measure(name, stack.url, ids_file, bootstrap, ids, logs, first, pid))
+                    if bare is not None:
+                        runs["bare"].append(measure("bare", bare_url, ids_file, bootstrap, ids, logs, first))
+            finally:
+                if bare is not None:
+                    bare.stop()
+    bare_p99 = common.median([r["p99_ms"] for r in runs["bare"]])
+    summary: dict[str, Any] = {"bare": {"p99_ms": bare_p99}}
+    for name in trees:
+        p99 = common.median([r["p99_ms"] for r in runs[name]])
+        delivered = all(r["received"] == r["expected"] for r in runs[name])
+        summary[name] = {"p99_ms": p99, "delivered": delivered}
+        print(
+            f"median of {RUNS}: {name} p99 {p99:.1f} ms, bare p99 {bare_p99:.1f} ms ({p99 / bare_p99:.1f}x);"
+            f" every message delivered: {delivered}"
+        )
+    mine = summary["gateway"]
+    met = mine["p99_ms"] < TARGET_P99_MS and mine["delivered"]
     print(f"target p99 < {TARGET_P99_MS:.0f} ms with every message delivered: {'met' if met else 'NOT met'}")
-    profile = logs / "profile-gateway.raw"
-    profile_text = common.top_frames(profile) if profile.exists() else None
-    if profile_text:
-        print(f"\nprofile of the gateway process during run 1 (py-spy, top frames):\n{profile_text}")
-    median = {"p99_ms": p99, "bare_p99_ms": bare_p99}
-    payload = {"machine": info, "command": command, "runs": runs, "median": median, "met": met}
-    common.save("fanout", {**payload, "profile": profile_text})
+    profiles = {}
+    for name in trees:
+        profile = logs / f"profile-{name}.raw"
+        if profile.exists():
+            profiles[name] = common.top_frames(profile)
+            title = f"profile of the gateway process ({name}) during run 1 (py-spy, top frames)"
+            print(f"\n{title}:\n{profiles[name]}")
+    payload = {"machine": info, "command": command, "runs": runs, "median": summary, "met": met}
+    common.save("fanout", {**payload, "profiles": profiles})
 
 
 if __name__ == "__main__":

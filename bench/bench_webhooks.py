@@ -13,9 +13,11 @@ as ``canceled``: the stages consuming ``clip.completed`` look and do nothing, so
 gateway, not clip downloads. The ceiling is the bare aiohttp handler fed the very same requests.
 
 Targets: >= 2,000 verified and published webhooks/s, p99 < 50 ms.
-Settings: BENCH_RUNS (3), BENCH_SECONDS (20), BENCH_CONNECTIONS (64), BENCH_PROFILE (1).
+Settings: BENCH_RUNS (3), BENCH_SECONDS (15), BENCH_CONNECTIONS (64), BENCH_PROFILE (1), and
+BENCH_COMPARE=DIR or NAME=DIR,... to measure other source trees in the same runs (before/after).
 """
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -31,7 +33,7 @@ import asyncpg
 import common
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "15"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 PROFILE = os.environ.get("BENCH_PROFILE", "1") == "1"
 WARMUP_SECONDS = 3
@@ -145,77 +147,94 @@ def accepted(url: str) -> float:
     return common.metric(url + "/metrics", "reelstream_webhooks_total", 'outcome="accepted"')
 
 
-def main() -> None:
-    import asyncio
+def measure(logs: Path, tree: Path, bare_url: str | None, profile: Path | None) -> dict[str, Any]:
+    """One run against a fresh stack from ``tree``: seed, sign, (the bare handler,) warm up, measure."""
+    record: dict[str, Any] = {}
+    with common.stack(logs, tree=tree) as stack:
+        pids = asyncio.run(seed(stack.stack["database_url"], PREDICTIONS))
+        warm = common.wrk_script(
+            logs / "warm.lua", lua(sign_deliveries(logs / "warm.txt", pids, DELIVERIES // 4))
+        )
+        deliveries = sign_deliveries(logs / "deliveries.txt", pids, DELIVERIES)
+        script = common.wrk_script(logs / "webhooks.lua", lua(deliveries))
+        if bare_url is not None:  # the ceiling, fed the very same requests, while this stack idles
+            record["bare"] = common.wrk(bare_url + PATH, script, connections=CONNECTIONS, seconds=SECONDS)
+        common.wrk(stack.url + PATH, warm, connections=CONNECTIONS, seconds=WARMUP_SECONDS)
+        spy = common.start_profile(stack.gateway_pid(), SECONDS - 2, profile) if profile else None
+        before, cpu_before, started = accepted(stack.url), common.cpu_by_kind(stack), time.monotonic()
+        result = common.wrk(stack.url + PATH, script, connections=CONNECTIONS, seconds=SECONDS)
+        cpu = common.cpu_share(cpu_before, common.cpu_by_kind(stack), time.monotonic() - started)
+        published = accepted(stack.url) - before
+        if spy is not None:
+            spy.wait()
+    rate = published / (result.requests / result.rps) if result.rps else 0.0
+    record["result"] = {**result.__dict__, "published": published, "published_per_s": rate, "cpu": cpu}
+    record["wrk"] = result
+    return record
 
+
+def main() -> None:
     common.require_wrk()
     command = (
         f"wrk -t{common.WRK_THREADS} -c{CONNECTIONS} -d{SECONDS}s -s webhooks.lua http://127.0.0.1:PORT{PATH}"
     )
     info = common.header("webhook ingest: POST /api/v1/webhooks/replicate, signed deliveries", command)
     logs = common.log_dir("webhooks")
+    trees = {**common.compare_trees(), "gateway": common.ROOT}
+    for name, tree in trees.items():
+        print(f"{name}: {tree}")
     bare, bare_url = common.start_bare(logs)
     runs: list[dict[str, Any]] = []
-    profile_text = None
+    profiles: dict[str, str] = {}
+    for stale in logs.glob("profile*.raw"):
+        stale.unlink()
     try:
         for run in range(1, RUNS + 1):
-            with common.stack(logs) as stack:
-                pids = asyncio.run(seed(stack.stack["database_url"], PREDICTIONS))
-                warm = common.wrk_script(
-                    logs / "warm.lua", lua(sign_deliveries(logs / "warm.txt", pids, DELIVERIES // 4))
+            row: dict[str, Any] = {}
+            for i, (name, tree) in enumerate(trees.items()):
+                raw = logs / f"profile-{name}.raw" if PROFILE and run == 1 else None
+                measured = measure(logs, tree, bare_url if i == 0 else None, raw)
+                if "bare" in measured:
+                    row["bare"] = measured["bare"].__dict__
+                    print(f"run {run}: {'bare':8} {measured['bare'].line()}", flush=True)
+                result, wrk_result = measured["result"], measured["wrk"]
+                share = common.ratio(wrk_result.rps, row["bare"]["rps"])
+                print(f"run {run}: {name:8} {wrk_result.line()}  = {share} of bare")
+                print(
+                    f"{'':16} verified and published: {result['published']:.0f}"
+                    f" ({result['published_per_s']:.0f}/s); {result['cpu']}, wrk {wrk_result.wrk_cores:.2f}",
+                    flush=True,
                 )
-                script = common.wrk_script(
-                    logs / "webhooks.lua", lua(sign_deliveries(logs / "deliveries.txt", pids, DELIVERIES))
-                )
-                ceiling = common.wrk(bare_url + PATH, script, connections=CONNECTIONS, seconds=SECONDS)
-                print(f"run {run}: {'bare':8} {ceiling.line()}", flush=True)
-                common.wrk(stack.url + PATH, warm, connections=CONNECTIONS, seconds=WARMUP_SECONDS)
-                spy = None
-                if PROFILE and run == 1:
-                    spy = common.start_profile(stack.gateway_pid(), SECONDS - 2, logs / "profile.raw")
-                before, cpu_before, started = accepted(stack.url), common.cpu_by_kind(stack), time.monotonic()
-                result = common.wrk(stack.url + PATH, script, connections=CONNECTIONS, seconds=SECONDS)
-                elapsed = time.monotonic() - started
-                cpu = common.cpu_share(cpu_before, common.cpu_by_kind(stack), elapsed)
-                published = accepted(stack.url) - before
-                if spy is not None:
-                    spy.wait()
-                    profile_text = common.top_frames(logs / "profile.raw")
-            rate = published / (result.requests / result.rps) if result.rps else 0.0
-            print(
-                f"run {run}: {'gateway':8} {result.line()}  = {common.ratio(result.rps, ceiling.rps)} of bare"
-            )
-            print(
-                f"{'':16} verified and published: {published:.0f} ({rate:.0f}/s);"
-                f" {cpu}, wrk {result.wrk_cores:.2f}"
-            )
-            runs.append(
-                {"bare": ceiling.__dict__, "gateway": {**result.__dict__, "published": published,
-                 "published_per_s": rate, "cpu": cpu}}
-            )  # fmt: skip
+                row[name] = result
+                if raw is not None and raw.exists():
+                    profiles[name] = common.top_frames(raw)
+            runs.append(row)
     finally:
         bare.stop()
 
     def med(side: str, key: str) -> float:
         return common.median([float(r[side][key]) for r in runs])
 
-    rate, p99 = med("gateway", "published_per_s"), med("gateway", "p99_ms")
-    bare_rps, bare_p99 = med("bare", "rps"), med("bare", "p99_ms")
-    share = common.median([r["gateway"]["rps"] / r["bare"]["rps"] for r in runs])
-    print(
-        f"median of {RUNS}: {rate:.0f} verified and published/s, p99 {p99:.1f} ms, {share:.0%} of bare"
-        f" (bare {bare_rps:.0f} req/s, p99 {bare_p99:.1f} ms)"
-    )
-    verdict = {f">= {TARGET_RPS}/s": rate >= TARGET_RPS, f"p99 < {TARGET_P99_MS:.0f} ms": p99 < TARGET_P99_MS}
+    summary: dict[str, Any] = {"bare": {"rps": med("bare", "rps"), "p99_ms": med("bare", "p99_ms")}}
+    for name in trees:
+        rate, p99 = med(name, "published_per_s"), med(name, "p99_ms")
+        share = common.median([r[name]["rps"] / r["bare"]["rps"] for r in runs])
+        summary[name] = {"published_per_s": rate, "p99_ms": p99, "ratio": share}
+        print(
+            f"median of {RUNS}: {name} {rate:.0f} verified and published/s, p99 {p99:.1f} ms,"
+            f" {share:.0%} of bare"
+            f" (bare {summary['bare']['rps']:.0f} req/s, p99 {summary['bare']['p99_ms']:.1f} ms)"
+        )
+    mine = summary["gateway"]
+    verdict = {
+        f">= {TARGET_RPS}/s": mine["published_per_s"] >= TARGET_RPS,
+        f"p99 < {TARGET_P99_MS:.0f} ms": mine["p99_ms"] < TARGET_P99_MS,
+    }
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in verdict.items()))
-    if profile_text is not None:
-        print(f"\nprofile of the gateway process during run 1 (py-spy, top frames):\n{profile_text}")
-    common.save(
-        "webhooks",
-        {"machine": info, "command": command, "runs": runs, "targets": verdict, "profile": profile_text,
-         "median": {"published_per_s": rate, "p99_ms": p99, "bare_rps": bare_rps, "bare_p99_ms": bare_p99,
-                    "ratio": share}},
-    )  # fmt: skip
+    for name, text in profiles.items():
+        print(f"\nprofile of the gateway process ({name}) during run 1 (py-spy, top frames):\n{text}")
+    payload = {"machine": info, "command": command, "runs": runs, "median": summary, "targets": verdict}
+    common.save("webhooks", {**payload, "profiles": profiles})
 
 
 if __name__ == "__main__":
