@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from gateway import database
 from gateway.app import GatewayDeps, run_gateway
 from gateway.batching import GroupCommit
 from gateway.generations import ROWS, NewRow, insert_rows
+from gateway.memory import RecentGenerations
 from reelstream.embedded import free_port
 from reelstream.kafka import Producer
 from reelstream.settings import Settings
@@ -169,3 +170,24 @@ async def test_served_gateway_logs_each_order_but_no_access_line_per_request(
     assert any(
         r.name == "gateway.errors" and "/api/v1/generations 202" in r.getMessage() for r in caplog.records
     )
+
+
+def test_remembered_orders_read_back_as_accepted() -> None:
+    """The memory keeps each order as JSON; what it reads back is the very request that was accepted."""
+    memory = RecentGenerations(8)
+    request = GenerationRequest.model_validate(
+        {
+            "prompt": "  Remembered  ",
+            "duration_seconds": 20,
+            "aspect_ratio": "1:1",
+            "brand": {"name": "Acme", "colors": ["#0A84FF"], "guidelines": {"dont": ["rain"]}},
+            "options": {"seed": 7, "include_cta": False},
+        }
+    )
+    gid, at = _new_id(), datetime.now(UTC)
+    memory.accepted(gid, request, at, owner=None)
+    assert memory.has_request(gid) and memory.waiting_for_row(gid)
+    detail = memory.detail(gid, caller=None, keys_required=False)
+    assert detail is not None
+    assert (detail.prompt, detail.duration_seconds, detail.aspect_ratio) == ("Remembered", 20, "1:1")
+    assert (detail.brand, detail.options, detail.created_at) == (request.brand, request.options, at)
