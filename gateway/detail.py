@@ -81,6 +81,19 @@ async def load_clips(conn: asyncpg.Connection, generation_id: str) -> list[Clip]
     return [clip_from_row(generation_id, row) for row in rows]
 
 
+async def load_clips_of(conn: asyncpg.Connection, generation_ids: list[str]) -> dict[str, list[Clip]]:
+    """The clips of several generations in one query (generations without clips are absent)."""
+    rows = await conn.fetch(
+        f"SELECT generation_id, {_CLIP_COLUMNS} FROM clips WHERE generation_id = ANY($1::text[])"
+        " ORDER BY generation_id, idx, clip_id",
+        generation_ids,
+    )
+    found: dict[str, list[Clip]] = {}
+    for row in rows:
+        found.setdefault(row["generation_id"], []).append(clip_from_row(row["generation_id"], row))
+    return found
+
+
 def _video(generation_id: str, stored: Any) -> Video | None:
     """The stored video with its URL pinned to our route (whatever the stage wrote there)."""
     if not stored:

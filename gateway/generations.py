@@ -3,6 +3,11 @@
 Creating writes the row first and publishes ``generation.requested`` before answering 202, so the id a
 client gets is immediately readable (``queued``, never 404) and is already on its way to the stages.
 
+Under load the rows of concurrent creates share one ``INSERT`` (:mod:`gateway.batching`, a group
+commit): a round trip to Postgres costs far more than a row, and a request waits for at most the insert
+in flight plus its own. A request that goes away after its row was queued still leaves the row (the
+reconciler drives it on). Orders with an ``Idempotency-Key`` take their own transaction (key and row).
+
 While Postgres is unreachable (and the broker is not) orders still come in: the request goes to
 ``generation.requested`` without its row, and intake inserts the row (idempotently, with the same
 ``created_at``) once the database is back. The gateway remembers what it accepted
@@ -12,10 +17,13 @@ While Postgres is unreachable (and the broker is not) orders still come in: the 
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, get_args
 
@@ -23,6 +31,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel
 
+from gateway.batching import GroupCommit
 from gateway.body import json_body
 from gateway.database import DatabaseUnavailable, connection
 from gateway.deps import GatewayDeps, get_deps
@@ -170,22 +179,59 @@ async def _abandon(deps: GatewayDeps, generation_id: str, key: str | None, reaso
 
 
 async def _store(
-    deps: GatewayDeps, generation_id: str, req: GenerationRequest, key: str | None, digest: str
+    deps: GatewayDeps, generation_id: str, req: GenerationRequest, key: str, digest: str
 ) -> GenerationCreated | datetime:
-    """Insert the row (and key): its ``created_at``, or the generation an idempotent replay returns."""
+    """Insert the row and its key: its ``created_at``, or the generation an idempotent replay returns."""
     async with connection(deps) as conn:
         for _ in range(3):
-            if key is not None:
-                replayed = await _replay(conn, key, digest)
-                if replayed is not None:
-                    return replayed
+            replayed = await _replay(conn, key, digest)
+            if replayed is not None:
+                return replayed
             try:
                 return await _insert(conn, generation_id, req, key, digest)
             except asyncpg.UniqueViolationError:
-                if key is None:
-                    raise
                 continue  # a concurrent request with the same key won the race: answer with its generation
     raise ApiError(409, "conflict", f"this {IDEMPOTENCY_HEADER} is being used concurrently; retry")
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """A generation row to insert (an order without an ``Idempotency-Key``)."""
+
+    generation_id: str
+    request: GenerationRequest
+
+
+_INSERT_ROWS = (
+    "INSERT INTO generations (id, status, prompt, duration_seconds, aspect_ratio, brand, options)"
+    " SELECT r.id, 'queued', r.prompt, r.duration, r.aspect, r.brand::jsonb, r.options::jsonb"
+    " FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[])"
+    " AS r(id, prompt, duration, aspect, brand, options)"
+    " RETURNING id, created_at"
+)
+
+
+async def insert_rows(deps: GatewayDeps, rows: Sequence[NewRow]) -> list[datetime]:
+    """Insert ``rows`` in one statement (all or none); their ``created_at``, in order."""
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+    for row in rows:
+        req = row.request
+        brand = req.brand.model_dump_json() if req.brand is not None else None
+        values = (row.generation_id, req.prompt, req.duration_seconds, req.aspect_ratio, brand)
+        for column, value in zip(columns, (*values, req.options.model_dump_json()), strict=True):
+            column.append(value)
+    async with connection(deps) as conn:
+        records = await conn.fetch(_INSERT_ROWS, *columns)
+    created = {r["id"]: r["created_at"] for r in records}
+    return [created[row.generation_id] for row in rows]
+
+
+def row_writer(deps: GatewayDeps) -> GroupCommit[NewRow, datetime]:
+    """The rows of concurrent creates share one ``INSERT`` (see :mod:`gateway.batching`)."""
+    return GroupCommit(functools.partial(insert_rows, deps), name="generation-rows")
+
+
+ROWS: web.AppKey[GroupCommit[NewRow, datetime]] = web.AppKey("reelstream_generation_rows", GroupCommit)
 
 
 @routes.post("/api/v1/generations")
@@ -193,11 +239,14 @@ async def create_generation(request: web.Request) -> web.Response:
     deps = get_deps(request)
     key = _idempotency_key(request)
     req = await json_body(request, GenerationRequest)
-    digest = request_hash(req)
     generation_id = "gen_" + uuid.uuid4().hex
     inserted = True
+    stored: GenerationCreated | datetime
     try:
-        stored = await _store(deps, generation_id, req, key, digest)
+        if key is None:
+            stored = await request.app[ROWS].submit(NewRow(generation_id, req))
+        else:
+            stored = await _store(deps, generation_id, req, key, request_hash(req))
     except DatabaseUnavailable as exc:
         if key is not None:
             raise  # the key cannot be checked: 503, the client retries with the same key

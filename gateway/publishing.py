@@ -32,6 +32,7 @@ async def publish(
 ) -> None:
     """Send and wait for every acknowledgement, or raise :class:`PublishFailed`."""
     try:
-        await asyncio.wait_for(producer.send_many(events), timeout=within)
+        async with asyncio.timeout(within):
+            await producer.send_many(events)
     except (KafkaError, OSError, TimeoutError) as exc:
         raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc

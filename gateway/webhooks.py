@@ -12,16 +12,26 @@ cover). So a webhook is attached to a clip only for a prediction id we recorded,
 yet, a marker naming a submission intent we wrote before calling the provider and not bound to another
 prediction. Anything else is logged, its prediction canceled at the provider (in the background,
 bounded) and answered 2xx, so the provider stops retrying.
+
+Under load, the terminal webhooks of recorded predictions (nearly all of them) are resolved and marked as
+seen for many requests at once: one statement per batch (:data:`DELIVERIES`, a
+:class:`~gateway.batching.GroupCommit`) instead of two round trips each. The rest (progress updates,
+predictions not recorded in Postgres, which may still be in Redis or named by a marker) take the path
+above one by one.
 """
 
 import asyncio
+import functools
 import logging
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
+from gateway.batching import GroupCommit
 from gateway.body import read_body
 from gateway.database import connection
 from gateway.deps import GatewayDeps, get_deps
@@ -80,6 +90,70 @@ async def _resolve(
         intent["clip_id"] or parsed[1],
         intent["attempt"] if intent["attempt"] is not None else parsed[2],
     )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified terminal webhook to resolve and mark as seen."""
+
+    webhook_id: str
+    prediction_id: str
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the batch found: the prediction's clip, and whether this ``webhook-id`` is new."""
+
+    ref: mapping.ClipRef
+    fresh: bool
+
+
+#: For each delivery whose prediction is recorded: its clip, and whether this delivery was new (its
+#: ``webhook-id`` inserted now). The first of two equal ids in one batch wins (``DISTINCT ON``, by ``n``).
+_RESOLVE_AND_MARK = """
+WITH d AS (
+    SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS d(webhook_id, prediction_id, n)
+), known AS (
+    SELECT d.n, d.webhook_id, d.prediction_id, p.generation_id, p.clip_id, p.attempt
+    FROM d JOIN predictions p ON p.prediction_id = d.prediction_id
+), fresh AS (
+    INSERT INTO webhook_deliveries (webhook_id, prediction_id)
+    SELECT DISTINCT ON (webhook_id) webhook_id, prediction_id FROM known ORDER BY webhook_id, n
+    ON CONFLICT DO NOTHING
+    RETURNING webhook_id
+)
+SELECT k.n, k.webhook_id, k.generation_id, k.clip_id, k.attempt, f.webhook_id IS NOT NULL AS fresh
+FROM known k LEFT JOIN fresh f ON f.webhook_id = k.webhook_id
+ORDER BY k.n
+"""
+
+
+async def resolve_and_mark(deps: GatewayDeps, deliveries: Sequence[Delivery]) -> list[Resolved | None]:
+    """One statement for many deliveries: None for a prediction not recorded (the caller looks further)."""
+    async with connection(deps) as conn:
+        records = await conn.fetch(
+            _RESOLVE_AND_MARK,
+            [d.webhook_id for d in deliveries],
+            [d.prediction_id for d in deliveries],
+        )
+    found: list[Resolved | None] = [None] * len(deliveries)
+    claimed: set[str] = set()
+    for r in records:
+        # The same webhook-id twice in one batch: only the first is new, like two requests in a row.
+        fresh = bool(r["fresh"]) and r["webhook_id"] not in claimed
+        if fresh:
+            claimed.add(r["webhook_id"])
+        found[r["n"] - 1] = Resolved(mapping.ClipRef(r["generation_id"], r["clip_id"], r["attempt"]), fresh)
+    return found
+
+
+def delivery_writer(deps: GatewayDeps) -> GroupCommit[Delivery, Resolved | None]:
+    return GroupCommit(functools.partial(resolve_and_mark, deps), name="webhook-deliveries")
+
+
+DELIVERIES: web.AppKey[GroupCommit[Delivery, Resolved | None]] = web.AppKey(
+    "reelstream_webhook_deliveries", GroupCommit
+)
 
 
 async def _cancel_quietly(deps: GatewayDeps, prediction_id: str) -> None:
@@ -170,19 +244,29 @@ async def replicate_webhook(request: web.Request) -> web.Response:
         ) from None
     mark = request.query.get("marker")
 
-    async with connection(deps) as conn:
-        resolved = await _resolve(conn, deps, prediction.id, mark)
-        if resolved is None:
-            # Progress updates too: a stranger's prediction still running is the one worth canceling.
-            return _refuse(request, deps, webhook_id, prediction, mark)
-        if not prediction.terminal:
-            return _answer("ignored")  # progress updates: the clip's fate is decided by the terminal one
-        fresh = await conn.fetchval(
-            "INSERT INTO webhook_deliveries (webhook_id, prediction_id) VALUES ($1, $2)"
-            " ON CONFLICT DO NOTHING RETURNING true",
-            webhook_id,
-            prediction.id,
-        )
+    batched = None
+    if prediction.terminal:
+        # Our records win over the marker: a prediction recorded in Postgres is resolved (and its
+        # delivery marked) together with the other webhooks arriving now. Redis would not save the
+        # round trip here: marking the delivery needs Postgres anyway.
+        batched = await request.app[DELIVERIES].submit(Delivery(webhook_id, prediction.id))
+    if batched is not None:
+        resolved, fresh = batched.ref, batched.fresh
+    else:
+        async with connection(deps) as conn:
+            found = await _resolve(conn, deps, prediction.id, mark)
+            if found is None:
+                # Progress updates too: a stranger's prediction still running is the one worth canceling.
+                return _refuse(request, deps, webhook_id, prediction, mark)
+            if not prediction.terminal:
+                return _answer("ignored")  # progress updates: the clip's fate is decided by the terminal one
+            resolved = found
+            fresh = await conn.fetchval(
+                "INSERT INTO webhook_deliveries (webhook_id, prediction_id) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                webhook_id,
+                prediction.id,
+            )
     if not fresh:
         return _answer("duplicate")
     generation_id, clip_id, attempt = resolved

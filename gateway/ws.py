@@ -42,7 +42,7 @@ from pydantic import ValidationError
 
 from gateway.database import DatabaseUnavailable, connection
 from gateway.deps import DEPS, GatewayDeps
-from gateway.detail import load_clips, valid_generation_id
+from gateway.detail import load_clips_of, valid_generation_id
 from gateway.errors import request_id
 from gateway.generations import read_detail
 from gateway.memory import RECENT, RecentGenerations
@@ -70,6 +70,8 @@ CLOSE_TOO_SLOW = WSCloseCode.TRY_AGAIN_LATER  # 1013
 QUEUE_SIZE = 256
 HEARTBEAT_SECONDS = 30.0
 SHUTDOWN_GRACE_SECONDS = 2.0
+#: How long one fetch of the hub may wait on the broker for records (an idle hub asks this often).
+FETCH_MAX_WAIT_MS = 50
 #: How long the app start waits for the hub to watch the topic before serving anyway.
 HUB_READY_WAIT_SECONDS = 10.0
 
@@ -94,6 +96,38 @@ class _Close:
     reason: str
 
 
+class Rendered:
+    """The messages of one status event as JSON, rendered once for every subscriber of its generation.
+
+    Every subscriber of a generation is told the same ``status`` and ``clip`` messages (or fewer): with
+    many sockets on one generation, serialising them once per event instead of once per socket is most
+    of the hub's work saved.
+    """
+
+    def __init__(self, event: GenerationStatusChanged) -> None:
+        self.event = event
+        self._status: str | None = None
+        self._clips: dict[tuple[str, ClipState], str] = {}
+
+    def status(self) -> str:
+        if self._status is None:
+            event = self.event
+            self._status = StatusMessage(
+                generation_id=event.generation_id, status=event.status, progress=event.progress, at=event.at
+            ).model_dump_json()
+        return self._status
+
+    def clip(self, clip: Clip) -> str:
+        key = (clip.clip_id, _clip_state(clip))
+        text = self._clips.get(key)
+        if text is None:
+            text = ClipMessage(
+                generation_id=self.event.generation_id, clip=clip, at=self.event.at
+            ).model_dump_json()
+            self._clips[key] = text
+        return text
+
+
 @dataclass(eq=False)
 class Subscriber:
     """One WebSocket's view of one generation: what it has been told, and what it still has to be told."""
@@ -107,7 +141,9 @@ class Subscriber:
     clips: dict[str, ClipState] = field(default_factory=dict)
     seeded: bool = False
     closing: bool = False
-    early: list[tuple[GenerationStatusChanged, list[Clip] | None]] = field(default_factory=list)
+    early: list[tuple[GenerationStatusChanged, list[Clip] | None, Rendered]] = field(default_factory=list)
+    #: Resolved when something is queued (or the socket's reader ends): what the sending side awaits.
+    waiter: "asyncio.Future[None] | None" = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.maxsize + 1)  # + 1: room for the close marker
@@ -120,45 +156,42 @@ class Subscriber:
         self.clips = {c.clip_id: _clip_state(c) for c in detail.clips}
         self.seeded = True
         early, self.early = self.early, []
-        for event, clips in early:
-            self._apply(event, clips)
+        for event, clips, rendered in early:
+            self._apply(event, clips, rendered)
         if self.status in TERMINAL:
             self._close(1000, f"generation {self.status}")
 
-    def offer(self, event: GenerationStatusChanged, clips: list[Clip] | None) -> None:
-        """Called by the hub for every status event of this generation; never blocks."""
+    def offer(
+        self, event: GenerationStatusChanged, clips: list[Clip] | None, rendered: Rendered | None = None
+    ) -> None:
+        """Called by the hub for every status event of this generation; never blocks.
+
+        ``rendered``: the event's messages, shared by every subscriber of the generation.
+        """
         if self.closing:
             return
+        rendered = rendered or Rendered(event)
         if not self.seeded:
             if len(self.early) >= self.maxsize:
                 self._overflow()
                 return
-            self.early.append((event, clips))
+            self.early.append((event, clips, rendered))
             return
-        self._apply(event, clips)
+        self._apply(event, clips, rendered)
         if self.status in TERMINAL:
             self._close(1000, f"generation {self.status}")
 
-    def _apply(self, event: GenerationStatusChanged, clips: list[Clip] | None) -> None:
+    def _apply(self, event: GenerationStatusChanged, clips: list[Clip] | None, rendered: Rendered) -> None:
         # Clips first: a terminal status is then the last message of the stream.
         for clip in clips or ():
             state = _clip_state(clip)
             known = self.clips.get(clip.clip_id)
             if known != state and (known is None or _clip_order(state) >= _clip_order(known)):
                 self.clips[clip.clip_id] = state
-                self._put(
-                    ClipMessage(generation_id=self.generation_id, clip=clip, at=event.at).model_dump_json()
-                )
+                self._put(rendered.clip(clip))
         if self._moves_forward(event):
             self.status, self.rank, self.progress = event.status, status_rank(event.status), event.progress
-            self._put(
-                StatusMessage(
-                    generation_id=self.generation_id,
-                    status=event.status,
-                    progress=event.progress,
-                    at=event.at,
-                ).model_dump_json()
-            )
+            self._put(rendered.status())
 
     def _moves_forward(self, event: GenerationStatusChanged) -> bool:
         if self.status in TERMINAL:
@@ -166,9 +199,14 @@ class Subscriber:
         rank = status_rank(event.status)
         if rank != self.rank:
             return rank > self.rank
-        # Same status: news only if the progress changed, and never a step back in percent.
+        # Same status: news only if the progress changed, and never a step back in percent. Percent
+        # first: comparing whole models (pydantic's __eq__) for every socket was a measurable cost.
         previous = self.progress
-        return previous is None or (event.progress != previous and event.progress.percent >= previous.percent)
+        if previous is None:
+            return True
+        if event.progress.percent != previous.percent:
+            return event.progress.percent > previous.percent
+        return event.progress != previous
 
     def _put(self, message: str) -> None:
         if self.closing:
@@ -177,6 +215,27 @@ class Subscriber:
             self._overflow()
             return
         self.queue.put_nowait(message)
+        self.wake()
+
+    def wake(self) -> None:
+        """Let the sending side look at the queue (and at its reader) again."""
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next(self, reader: "asyncio.Task[None]") -> "str | _Close | None":
+        """The next item to send; None once the client has gone (``reader`` ended).
+
+        A future per wait, resolved by :meth:`wake`, rather than racing ``queue.get()`` against the
+        reader with ``asyncio.wait`` for every message: with thousands of sockets that race was the
+        biggest cost of the fan-out.
+        """
+        while True:
+            if reader.done():
+                return None
+            if not self.queue.empty():
+                return self.queue.get_nowait()
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
 
     def _overflow(self) -> None:
         log.warning("websocket for %s is too slow; dropping it", self.generation_id)
@@ -193,6 +252,7 @@ class Subscriber:
         if not self.closing:
             self.closing = True
             self.queue.put_nowait(_Close(code, reason))
+            self.wake()
 
 
 class StatusHub:
@@ -273,6 +333,9 @@ class StatusHub:
                 enable_auto_commit=False,
                 auto_offset_reset="latest",
                 metadata_max_age_ms=int(self._refresh * 1000),
+                # tansu holds a fetch for its whole max wait even when records arrive meanwhile: the
+                # default 500 ms was a quarter second of delivery delay on average.
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             )
             try:
                 await consumer.start()
@@ -337,11 +400,13 @@ class StatusHub:
                 await asyncio.sleep(min(self._refresh, 0.5))
                 continue
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
-            for records in batch.values():
-                for record in records:
-                    await self._dispatch(record)
+            records = [record for part in batch.values() for record in part]
+            if records:
+                await self._dispatch_batch(records)
 
     def _remember_request(self, record: ConsumerRecord[bytes, bytes], generation_id: str) -> None:
+        if self._recent.has_request(generation_id):
+            return  # accepted here (or seen already): decoding its request again would add nothing
         try:
             event = GenerationRequested.model_validate(decode(record.value).data)
         except (ValueError, ValidationError) as exc:
@@ -352,13 +417,14 @@ class StatusHub:
         if event.generation_id == generation_id:
             self._recent.requested(event)
 
-    async def _dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    def _status_event(self, record: ConsumerRecord[bytes, bytes]) -> GenerationStatusChanged | None:
+        """The status event of a record (remembered), or None for a request, a keyless or a bad record."""
         if record.key is None:
-            return
+            return None
         generation_id = record.key.decode(errors="replace")
         if record.topic == self._requests_topic:
             self._remember_request(record, generation_id)
-            return
+            return None
         try:
             event = GenerationStatusChanged.model_validate(decode(record.value).data)
         except (ValueError, ValidationError) as exc:
@@ -369,24 +435,41 @@ class StatusHub:
                 record.offset,
                 exc,
             )
-            return
+            return None
         if event.generation_id != generation_id:
-            return
+            return None
         self._recent.status_seen(event)
-        if generation_id not in self._subs:
+        return event
+
+    async def _dispatch_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Offer every status event of a fetched batch to its subscribers, in order.
+
+        The clips of every watched generation in the batch are read in one query, after every event of
+        the batch was written (so never older than any of them), and shared by all their subscribers:
+        one round trip per batch, not one per event, so a busy topic cannot outrun the hub.
+        """
+        events = [e for e in map(self._status_event, records) if e is not None]
+        watched = sorted({e.generation_id for e in events if e.generation_id in self._subs})
+        if not watched:
             return  # nobody here is watching
-        clips: list[Clip] | None
+        clips: dict[str, list[Clip]] | None
         try:
             async with connection(self._deps) as conn:
-                clips = await load_clips(conn, generation_id)  # once, shared by every subscriber
+                clips = await load_clips_of(conn, watched)
         except (
             DatabaseUnavailable,
             asyncpg.PostgresError,
-        ) as exc:  # the status still goes out, without clips
-            log.warning("status hub could not read the clips of %s: %r", generation_id, exc)
+        ) as exc:  # the statuses still go out, without clips
+            log.warning("status hub could not read the clips of %d generations: %r", len(watched), exc)
             clips = None
-        for sub in list(self._subs.get(generation_id, ())):
-            sub.offer(event, clips)
+        for event in events:
+            subs = self._subs.get(event.generation_id)
+            if not subs:
+                continue
+            rendered = Rendered(event)
+            theirs = clips.get(event.generation_id, []) if clips is not None else None
+            for sub in list(subs):
+                sub.offer(event, theirs, rendered)
 
 
 HUB = web.AppKey("reelstream_status_hub", StatusHub)
@@ -436,13 +519,11 @@ async def _pump(ws: web.WebSocketResponse, sub: Subscriber, reader: "asyncio.Tas
     On our own close the reader is stopped first: with a receive() pending, aiohttp would drop the
     connection instead of completing the closing handshake, and the client would see 1006.
     """
+    reader.add_done_callback(lambda _: sub.wake())
     while True:
-        get = asyncio.ensure_future(sub.queue.get())
-        await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-        if not get.done():
-            get.cancel()
+        item = await sub.next(reader)
+        if item is None:
             return  # the client closed (or the connection broke)
-        item = get.result()
         if isinstance(item, _Close):
             await _stop(reader)
             await ws.close(code=item.code, message=item.reason.encode())

@@ -71,7 +71,9 @@ class Producer:
         futures = [
             await self._producer.send(topic, encode(ev), key=ev.subject.encode()) for topic, ev in items
         ]
-        if futures:
+        if len(futures) == 1:
+            await futures[0]  # the common case: no gather around one future
+        elif futures:
             await asyncio.gather(*futures)
 
     async def send_raw(

@@ -11,6 +11,7 @@ import pytest
 from fake_replicate import WAN_22_T2V_FAST, FakeReplicate
 from gateway_harness import FailingProducer, Gateway, GatewayFactory, Record, RecordingProvider, Tap
 
+from gateway.webhooks import DELIVERIES, Delivery, resolve_and_mark
 from reelstream.providers import marker, parse_marker
 from reelstream.providers.replicate import ReplicateVideoProvider
 from reelstream.webhooks import sign
@@ -401,3 +402,73 @@ async def test_provider_outputs_are_served_by_strict_name(gw: Gateway) -> None:
         resp = await gw.client.get(f"/provider/outputs/{name}")
         assert resp.status == 404, name
         assert (await resp.json())["error"]["code"] == "not_found"
+
+
+# -- many at once (the batched path: one statement resolves and marks a batch) --------------------------
+
+
+async def test_concurrent_webhooks_are_each_published_once(gw: Gateway, tap: Any) -> None:
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    recorded = [await _recorded_prediction(gw) for _ in range(12)]
+    sends = []
+    for _, prediction_id in recorded:
+        body = _prediction(prediction_id, "failed")
+        webhook_id = f"msg_{uuid.uuid4().hex}"
+        headers = sign(gw.secret, body, webhook_id=webhook_id)
+        sends.append((webhook_id, gw.client.post(URL, data=body, headers=headers)))
+    before = gw.client.app[DELIVERIES].items
+    responses = await asyncio.gather(*(send for _, send in sends))
+    assert [await r.json() for r in responses] == [{"status": "accepted"}] * len(sends)
+    assert gw.client.app[DELIVERIES].items - before == len(sends)
+    for (gid, prediction_id), (webhook_id, _) in zip(recorded, sends, strict=True):
+        record = await completed.wait_for(_completed_for(webhook_id))
+        data = ClipCompleted.model_validate(record.event.data)
+        assert (data.generation_id, data.prediction.id) == (gid, prediction_id)
+        assert data.prediction.status == "failed"
+
+
+async def test_the_same_delivery_at_once_is_published_once(gw: Gateway, tap: Any) -> None:
+    """Redeliveries racing each other (even inside one batch): one is accepted, the rest are duplicates."""
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    _, prediction_id = await _recorded_prediction(gw)
+    body = _prediction(prediction_id)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    headers = sign(gw.secret, body, webhook_id=webhook_id)
+    responses = await asyncio.gather(*(gw.client.post(URL, data=body, headers=headers) for _ in range(8)))
+    answers = sorted([(await r.json())["status"] for r in responses])
+    assert answers == ["accepted"] + ["duplicate"] * 7
+    assert len(await completed.collect(_completed_for(webhook_id), seconds=1.5)) == 1
+
+
+async def test_batched_and_unrecorded_webhooks_together(gw: Gateway, tap: Any) -> None:
+    """A prediction not recorded yet (found by its intent's marker) still resolves beside recorded ones."""
+    completed: Tap = await tap(topics.CLIP_COMPLETED)
+    gid = await gw.create("Marker neighbour")
+    mark = marker(gid, "clip_01", 1)
+    await _intent(gw, mark)
+    unrecorded = f"p_{uuid.uuid4().hex}"
+    _, recorded = await _recorded_prediction(gw)
+    sends = []
+    for prediction_id, query in ((unrecorded, f"?marker={mark}"), (recorded, "")):
+        body = _prediction(prediction_id)
+        webhook_id = f"msg_{uuid.uuid4().hex}"
+        headers = sign(gw.secret, body, webhook_id=webhook_id)
+        sends.append((webhook_id, gw.client.post(URL + query, data=body, headers=headers)))
+    responses = await asyncio.gather(*(send for _, send in sends))
+    assert [await r.json() for r in responses] == [{"status": "accepted"}] * 2
+    for webhook_id, _ in sends:
+        await completed.wait_for(_completed_for(webhook_id))
+
+
+async def test_one_batch_with_the_same_webhook_id_twice_marks_one_fresh(gw: Gateway) -> None:
+    _, prediction_id = await _recorded_prediction(gw)
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    unknown = Delivery(f"msg_{uuid.uuid4().hex}", f"p_{uuid.uuid4().hex}")
+    twice = Delivery(webhook_id, prediction_id)
+    found = await resolve_and_mark(gw.deps, [twice, unknown, twice])
+    assert found[1] is None  # not recorded: the caller looks further (Redis, marker)
+    assert found[0] is not None and found[2] is not None
+    assert (found[0].fresh, found[2].fresh) == (True, False)
+    assert found[0].ref == found[2].ref and found[0].ref.clip_id == "clip_02"
+    again = await resolve_and_mark(gw.deps, [twice])
+    assert again[0] is not None and not again[0].fresh

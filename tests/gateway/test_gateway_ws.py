@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from gateway_harness import Gateway, publish
 
-from gateway.ws import CLOSE_TOO_SLOW, Subscriber
+from gateway.ws import CLOSE_TOO_SLOW, Rendered, Subscriber
 from reelstream.kafka import Producer
 from schemas import topics
 from schemas.api import Clip, GenerationDetail, Progress
@@ -225,3 +225,28 @@ def test_clip_states_never_go_back() -> None:
     assert [json.loads(m)["type"] for m in _drain(sub)] == ["status"]
     sub.offer(_status(gid, "generating", 31), [_clip("submitted", 2)])  # a retry is a later attempt
     assert [json.loads(m).get("clip", {}).get("attempts") for m in _drain(sub)] == [2, None]
+
+
+def test_subscribers_of_one_generation_share_the_rendered_messages() -> None:
+    """Rendered once per event, not once per socket; each subscriber still filters for itself."""
+    gid = "gen_" + "5" * 32
+    behind, ahead = Subscriber(gid), Subscriber(gid)
+    behind.seed(_detail(gid, "generating"))
+    ahead.seed(_detail(gid, "generating"))
+    ahead.offer(_status(gid, "generating", 60), None)
+    _drain(ahead)
+    event = _status(gid, "generating", 50)
+    rendered = Rendered(event)
+    behind.offer(event, [_clip("processing", 1)], rendered)
+    ahead.offer(event, [_clip("processing", 1)], rendered)
+    told, other = _drain(behind), _drain(ahead)
+    assert [json.loads(m)["type"] for m in told] == ["clip", "status"]
+    assert [json.loads(m)["type"] for m in other] == ["clip"]  # 50 % is behind what it was told
+    assert told[0] is other[0]  # the very same string: rendered once
+    assert json.loads(told[1]) == {
+        "type": "status",
+        "generation_id": gid,
+        "status": "generating",
+        "progress": json.loads(event.progress.model_dump_json()),
+        "at": json.loads(event.model_dump_json())["at"],
+    }

@@ -1,0 +1,39 @@
+"""The Replicate stand-in of the tests (tests/support/fake_replicate.py), run as its own process.
+
+Every prediction is held (``hold_predictions``): it is created and stays ``processing``, so no clip ever
+finishes and the benchmarks measure the stack with generations waiting for webhooks, like a provider
+that takes minutes per clip. A process of its own, so its CPU is not charged to ``serve``'s.
+Prints ``listening on URL`` once it answers; stops on SIGTERM.
+"""
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
+
+from fake_replicate import FakeReplicate  # noqa: E402
+
+
+async def main() -> None:
+    fake = FakeReplicate(
+        os.environ.get("BENCH_REPLICATE_TOKEN", "r8_bench_token"),
+        secret=os.environ.get("BENCH_WEBHOOK_SECRET"),
+    )
+    fake.hold_predictions = True
+    await fake.start()
+    print(f"listening on {fake.base_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print(f"predictions created: {len(fake.predictions)}", flush=True)
+    await fake.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
