@@ -302,12 +302,14 @@ def _program(command_line: str) -> str:
     return command_line.split(" ", 1)[0].rsplit("/", 1)[-1] if command_line else ""
 
 
-def start_provider(log_dir: Path) -> tuple[Proc, str]:
-    """The Replicate stand-in (tests/support/fake_replicate.py), holding every prediction, as a process."""
+def start_provider(log_dir: Path, **options: str) -> tuple[Proc, str]:
+    """The Replicate stand-in (tests/support/fake_replicate.py) as a process: holding every prediction,
+    or, with ``BENCH_PRERENDERED`` (and ``BENCH_PROVIDER_DELAY``) in ``options``, finishing each after a
+    fixed delay with that file as its output (see fake_provider.py)."""
     proc = Proc.start(
         "fake_replicate",
         [PYTHON, str(BENCH / "fake_provider.py")],
-        base_env(BENCH_WEBHOOK_SECRET=WEBHOOK_SECRET, BENCH_REPLICATE_TOKEN=REPLICATE_TOKEN),
+        base_env(BENCH_WEBHOOK_SECRET=WEBHOOK_SECRET, BENCH_REPLICATE_TOKEN=REPLICATE_TOKEN, **options),
         log_dir,
     )
     line = proc.wait_for("listening on", 30)
@@ -338,7 +340,12 @@ def compare_trees() -> dict[str, Path]:
 
 @contextlib.contextmanager
 def stack(
-    log_dir: Path, *, tree: Path = ROOT, ready_within: float = 180.0, **settings: str
+    log_dir: Path,
+    *,
+    tree: Path = ROOT,
+    ready_within: float = 180.0,
+    provider: dict[str, str] | None = None,
+    **settings: str,
 ) -> Iterator[Stack]:
     """``reelstream serve`` on a fresh data dir and port, with Replicate pointed at the held stand-in.
 
@@ -346,29 +353,29 @@ def stack(
     generations are pushed past the benchmark (each can be overridden through ``settings``). ``tree``:
     the source tree serve imports reelstream from (another one gives a before/after in the same run).
     """
-    provider, provider_url = start_provider(log_dir)
+    stand_in, provider_url = start_provider(log_dir, **(provider or {}))
     data_dir = Path(tempfile.mkdtemp(prefix="reelstream-bench-"))
     port = free_port()
-    env = base_env(
-        tree,
-        REELSTREAM_DATA_DIR=str(data_dir),
-        REELSTREAM_HTTP_PORT=str(port),
-        REELSTREAM_REPLICATE_API_TOKEN=REPLICATE_TOKEN,
-        REELSTREAM_REPLICATE_BASE_URL=provider_url,
-        REELSTREAM_REPLICATE_WEBHOOK_SECRET=WEBHOOK_SECRET,
-        REELSTREAM_RATE_LIMIT_PER_MINUTE="100000000",
-        REELSTREAM_PREDICTION_POLL_SECONDS="3600",
-        REELSTREAM_RECONCILE_SECONDS="3600",
-        **{f"REELSTREAM_{k.upper()}": v for k, v in settings.items()},
-    )
+    chosen = {
+        "REELSTREAM_DATA_DIR": str(data_dir),
+        "REELSTREAM_HTTP_PORT": str(port),
+        "REELSTREAM_REPLICATE_API_TOKEN": REPLICATE_TOKEN,
+        "REELSTREAM_REPLICATE_BASE_URL": provider_url,
+        "REELSTREAM_REPLICATE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "REELSTREAM_RATE_LIMIT_PER_MINUTE": "100000000",
+        "REELSTREAM_PREDICTION_POLL_SECONDS": "3600",
+        "REELSTREAM_RECONCILE_SECONDS": "3600",
+    }
+    chosen.update({f"REELSTREAM_{k.upper()}": v for k, v in settings.items()})
+    env = base_env(tree, **chosen)
     serve = Proc.start("serve", reelstream_argv("serve"), env, log_dir)
     try:
         serve.wait_for("ready", ready_within)
         info = json.loads((data_dir / "stack.json").read_text())
-        yield Stack(serve, provider, f"http://127.0.0.1:{port}", data_dir, info, log_dir, env)
+        yield Stack(serve, stand_in, f"http://127.0.0.1:{port}", data_dir, info, log_dir, env)
     finally:
         serve.stop()
-        provider.stop()
+        stand_in.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -2,7 +2,9 @@
 
 Every prediction is held (``hold_predictions``): it is created and stays ``processing``, so no clip ever
 finishes and the benchmarks measure the stack with generations waiting for webhooks, like a provider
-that takes minutes per clip. A process of its own, so its CPU is not charged to ``serve``'s.
+that takes minutes per clip. With ``BENCH_PRERENDERED=FILE`` every prediction instead finishes after
+``BENCH_PROVIDER_DELAY`` seconds with that file as its output, signed webhook and all, and costs this
+machine nothing to "render". A process of its own, so its CPU is not charged to ``serve``'s.
 Prints ``listening on URL`` once it answers; stops on SIGTERM.
 """
 
@@ -22,8 +24,13 @@ async def main() -> None:
     fake = FakeReplicate(
         os.environ.get("BENCH_REPLICATE_TOKEN", "r8_bench_token"),
         secret=os.environ.get("BENCH_WEBHOOK_SECRET"),
+        render_delay=float(os.environ.get("BENCH_PROVIDER_DELAY", "0.05")),
     )
-    fake.hold_predictions = True
+    prerendered = os.environ.get("BENCH_PRERENDERED")
+    if prerendered:
+        fake.prerendered = Path(prerendered)
+    else:
+        fake.hold_predictions = True
     await fake.start()
     print(f"listening on {fake.base_url}", flush=True)
     stop = asyncio.Event()

@@ -426,13 +426,14 @@ _encoders: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
 
 def _encoder_slot() -> asyncio.Semaphore:
-    """One encode per core at a time in this process: more only thrash the CPU and delay them all."""
+    """One encode per core at a time in this process (x264 with ``THREADS`` threads does not keep a
+    core each busy): more only thrash the CPU and delay them all."""
     loop = asyncio.get_running_loop()
     slot = _encoders.get(loop)
     if slot is None:
         for stale in [other for other in _encoders if other.is_closed()]:
             del _encoders[stale]
-        slot = _encoders[loop] = asyncio.Semaphore(max(1, (os.cpu_count() or 1) // THREADS))
+        slot = _encoders[loop] = asyncio.Semaphore(max(1, os.cpu_count() or 1))
     return slot
 
 

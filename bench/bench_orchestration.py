@@ -1,0 +1,164 @@
+"""Orchestration: generations per second end to end when media work is only a copy.
+
+The provider stand-in answers every prediction at once with a clip that already is its finished piece
+(832x480, 24 fps, exactly one 5 s share, tagged by ``media.finish_clip``), so completion copies it and
+the final video is a stream-copy join: what is measured is reelstream's own orchestration — the stages,
+Kafka, Postgres, the webhook path. Orders are 25 s (five 5 s clips), no brand. Beside it, the ceiling:
+a raw aiokafka consume→produce pass-through on the same broker, in events per second.
+
+Targets: ≥ 20 generations/s with 5 clips each; POST → first prediction p99 < 250 ms. (Orders here have
+ten 5 s clips — see ``ORDER`` — so clips/s is the comparable figure.)
+"""
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import common
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from reelstream import media
+from schemas.events import ClipSpec
+
+ORDERS = int(os.environ.get("BENCH_ORDERS", "30"))
+AT_ONCE = 16
+#: 50 s: the planner's 20/50/30 split then cuts it into ten clips of exactly 5 s, each the prerendered
+#: piece's share, so every clip is copied (a 25 s order's 4.2 s and 3.8 s clips would be re-encoded).
+ORDER = {"prompt": "Kites over dunes at noon, playful and light", "duration_seconds": 50}
+CLIPS_PER_ORDER = 10
+PASS_THROUGH = 20_000
+
+
+async def finished_piece(directory: Path) -> Path:
+    spec = ClipSpec(
+        clip_id="clip_00", scene_id="scene_00", scene_kind="intro", index=0, duration_seconds=5.0,
+        aspect_ratio="16:9", width=832, height=480, prompt="bench", negative_prompt="", caption="",
+        colors=[], seed=1,
+    )  # fmt: skip
+    raw, piece = directory / "raw.mp4", directory / "piece.mp4"
+    await media.render_clip(spec, raw, fps=24)
+    await media.finish_clip(raw, piece, frames=media.piece_frames(0.0, 5.0), width=832, height=480)
+    return piece
+
+
+async def pass_through(bootstrap: str) -> float:
+    """Events per second a bare aiokafka consumer→producer loop moves on this broker (the ceiling)."""
+    source, sink = f"bench_pt_in_{uuid.uuid4().hex[:8]}", f"bench_pt_out_{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    body = b"x" * 800
+    await asyncio.gather(
+        *[await producer.send(source, body, key=str(i % 64).encode()) for i in range(PASS_THROUGH)]
+    )
+    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    moved, started = 0, time.monotonic()
+    while moved < PASS_THROUGH:
+        batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+        futures = [await producer.send(sink, r.value, key=r.key) for rs in batch.values() for r in rs]
+        await asyncio.gather(*futures)
+        moved += len(futures)
+    elapsed = time.monotonic() - started
+    await consumer.stop()
+    await producer.stop()
+    return moved / elapsed
+
+
+async def main() -> int:
+    info = common.header(
+        "orchestration: generations per second, media work a copy", "python bench/bench_orchestration.py"
+    )
+    logs = common.log_dir("orchestration")
+    with tempfile.TemporaryDirectory(prefix="reelstream-bench-orch-") as tmp:
+        piece = await finished_piece(Path(tmp))
+        provider = {"BENCH_PROVIDER_DELAY": "0", "BENCH_PRERENDERED": str(piece)}
+        with common.stack(logs, provider=provider, storage_allow_private_urls="true") as stack:
+            ceiling = await pass_through(stack.stack["kafka_bootstrap"])
+            limit = asyncio.Semaphore(AT_ONCE)
+            ids: list[str] = []
+            async with aiohttp.ClientSession() as session:
+
+                async def one() -> None:
+                    async with limit, session.post(f"{stack.url}/api/v1/generations", json=ORDER) as resp:
+                        assert resp.status == 202, await resp.text()
+                        ids.append((await resp.json())["generation_id"])
+
+                cpu_before = {pid: common.cpu_seconds(pid) for pid in stack.processes()}
+                started = time.monotonic()
+                await asyncio.gather(*(one() for _ in range(ORDERS)))
+                conn = await asyncpg.connect(stack.stack["database_url"])
+                try:
+                    async with asyncio.timeout(600):
+                        while True:
+                            done = await conn.fetchval(
+                                "SELECT count(*) FROM generations WHERE id = ANY($1) AND status IN"
+                                " ('completed', 'failed', 'canceled')",
+                                ids,
+                            )
+                            if done >= ORDERS:
+                                break
+                            await asyncio.sleep(0.2)
+                    elapsed = time.monotonic() - started
+                    busy = {
+                        line.split("/")[-1][:60]: common.cpu_seconds(pid) - cpu_before.get(pid, 0.0)
+                        for pid, line in stack.processes().items()
+                    }
+                    print(
+                        "CPU seconds by process: "
+                        + ", ".join(
+                            f"{k} {v:.1f}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1])[:12]
+                        )
+                    )
+                    statuses = dict(
+                        await conn.fetch("SELECT status, count(*) FROM generations GROUP BY status")
+                    )
+                    firsts = [
+                        float(v)
+                        for v in await conn.fetchval(
+                            "SELECT array_agg(x) FROM (SELECT"
+                            " extract(epoch FROM min(p.created_at) - g.created_at) AS x"
+                            " FROM generations g JOIN predictions p ON p.generation_id = g.id"
+                            " WHERE g.id = ANY($1) GROUP BY g.id) t",
+                            ids,
+                        )
+                    ]
+                finally:
+                    await conn.close()
+    rate = ORDERS / elapsed
+    firsts.sort()
+    p99 = firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))]
+    # the stage hops, then per clip submitted/completed/status, then the end
+    events_per_generation = 5 + CLIPS_PER_ORDER * 3 + 1
+    print(
+        f"{ORDERS} orders of {CLIPS_PER_ORDER} clips, {AT_ONCE} posted at a time: {dict(statuses)} in"
+        f" {elapsed:.1f} s ({ORDERS * CLIPS_PER_ORDER / elapsed:.1f} clips/s)"
+    )
+    print(
+        f"throughput {rate:.2f} generations/s (target >= 20); ceiling: a bare aiokafka pass-through moves"
+        f" {ceiling:.0f} events/s = {ceiling / events_per_generation:.0f} generations/s at"
+        f" ~{events_per_generation} events each: {common.ratio(rate, ceiling / events_per_generation)}"
+    )
+    print(
+        f"POST to first prediction p50 {firsts[len(firsts) // 2] * 1000:.0f} ms,"
+        f" p99 {p99 * 1000:.0f} ms (target < 250 ms)"
+    )
+    common.save(
+        "orchestration",
+        {
+            "machine": info,
+            "generations_per_second": rate,
+            "pass_through_events_per_second": ceiling,
+            "to_first_prediction": firsts,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
