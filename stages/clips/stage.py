@@ -8,7 +8,7 @@ polled and stalled submissions driven on by this stage's sweeps (``poll.py``).
 """
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -66,7 +66,8 @@ async def _decide(conn: asyncpg.Connection, ctx: Context[Any]) -> Options | None
         return ctx.data.request.options
     if current != "generating":
         return None
-    await _settle(conn, ctx.deps.settings, ctx.generation_id, ctx.data)
+    if await _settle(conn, ctx.deps.settings, ctx.generation_id, ctx.data) == "out of attempts":
+        return None  # completion fails the generation: start nothing more that would be paid for
     return Options.model_validate(
         await conn.fetchval("SELECT options FROM generations WHERE id = $1", ctx.generation_id)
     )
@@ -74,8 +75,11 @@ async def _decide(conn: asyncpg.Connection, ctx: Context[Any]) -> Options | None
 
 async def _settle(
     conn: asyncpg.Connection, settings: Settings, generation_id: str, done: ClipCompleted
-) -> None:
-    """The outcome of the clip's current attempt: free its slot, or record its next attempt's intent."""
+) -> Literal["ignored", "succeeded", "resubmitted", "out of attempts"]:
+    """The outcome of the clip's current attempt: free its slot, or record its next attempt's intent.
+
+    Returns what happened: ``ignored``, ``succeeded``, ``resubmitted`` or ``out of attempts``.
+    """
     clip = await conn.fetchrow(
         "SELECT attempts, first_attempt, prediction_id FROM clips"
         " WHERE generation_id = $1 AND clip_id = $2 FOR UPDATE",
@@ -83,7 +87,7 @@ async def _settle(
         done.clip_id,
     )
     if clip is None or done.attempt != clip["attempts"]:
-        return  # unknown clip, or an outcome of an earlier attempt
+        return "ignored"  # unknown clip, or an outcome of an earlier attempt
     if clip["prediction_id"] not in (None, done.prediction.id):
         log.warning(
             "%s %s: outcome of prediction %s ignored, the clip's is %s",
@@ -92,7 +96,7 @@ async def _settle(
             done.prediction.id,
             clip["prediction_id"],
         )
-        return
+        return "ignored"
     problem = outcomes.problem(done.prediction)
     used = clip["attempts"] - clip["first_attempt"] + 1
     if problem is not None and used < settings.clip_attempts:
@@ -100,12 +104,13 @@ async def _settle(
             "%s %s attempt %d failed (%s): resubmitting", generation_id, done.clip_id, done.attempt, problem
         )
         await submit.add_intent(conn, generation_id, done.clip_id, done.attempt + 1)
-        return
+        return "resubmitted"
     await conn.execute(
         "UPDATE clips SET settled = true WHERE generation_id = $1 AND clip_id = $2",
         generation_id,
         done.clip_id,
     )
+    return "succeeded" if problem is None else "out of attempts"
 
 
 stage = Stage(

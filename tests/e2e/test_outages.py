@@ -117,17 +117,21 @@ async def test_orders_in_flight_complete_when_a_dependency_goes_away_and_comes_b
             await wait_status(session, rig, generation_id, ("generating",))
         await proxy.cut()
         try:
-            # Long enough for every prediction to finish and report while the link is down, and
-            # longer than the S3 client's own few retries.
-            await asyncio.sleep(6.0)
+            # Long enough for the predictions to finish and report while the link is down; for S3,
+            # until completion has met the outage and retried (bounded: the test fails if it never does).
+            await asyncio.sleep(4.0)
+            if dependency == "s3":
+                async with asyncio.timeout(30):
+                    while True:
+                        if _completion_retries() > retried_before:
+                            break
+                        await asyncio.sleep(0.2)
         finally:
             await proxy.restore()
         results = [await wait_status(session, rig, g, ("completed", "failed", "canceled")) for g in ids]
     assert proxy.accepted > 0, f"the stack never used {dependency}"
-    if dependency == "s3":  # outputs arrived while S3 was away: storing them was retried, not failed
-        assert _completion_retries() > retried_before
     for result in results:
         assert result["status"] == "completed", result["error"]
         assert all(c["attempts"] == 1 for c in result["clips"])
         assert created_for(rig.replicate, result["generation_id"]) == len(result["clips"])
-    print(f"\n{dependency} cut for 6 s with 2 orders generating: both completed, one prediction per clip")
+    print(f"\n{dependency} cut while 2 orders were generating: both completed, one prediction per clip")
