@@ -36,6 +36,8 @@ PROBES = int(os.environ.get("BENCH_INFLIGHT_PROBES", "200"))
 PROFILE = os.environ.get("BENCH_PROFILE", "1") == "1"
 #: Seconds of nothing happening over which idle CPU is measured (and profiled at the end).
 IDLE_SECONDS = 5.0
+#: Seconds given to the last orders' tail of work before idle CPU is measured.
+SETTLE_SECONDS = 3.0
 ORDER = {**common.ORDER, "duration_seconds": 5}
 TARGET_RSS_MB, TARGET_FLAT = 150.0, 0.10
 
@@ -133,10 +135,10 @@ def snapshot(stack: common.Stack, label: str, count: int, latency: dict[str, flo
 def point(stack: common.Stack, label: str, db: str, sample: str, profile: Any = None) -> dict[str, Any]:
     """Idle CPU first (nothing else going on), then RSS and the latency probes."""
     count = asyncio.run(waiting(db))
-    idle = idle_cpu(stack)
+    time.sleep(SETTLE_SECONDS)  # the last orders' status events and bookkeeping are done
     spy = common.start_profile(stack.gateway_pid(), int(IDLE_SECONDS), profile) if profile else None
+    idle = idle_cpu(stack)
     if spy is not None:
-        time.sleep(IDLE_SECONDS)
         spy.wait()
     print(f"{label}: idle CPU (cores) per process: {idle}", flush=True)
     found = snapshot(stack, label, count, asyncio.run(probe(stack.url, sample)))
