@@ -32,8 +32,8 @@ async def accept(request: web.Request) -> web.Response:
     )
 
 
-#: How long a fetch may wait on the broker for data (tansu holds a fetch this long even when data
-#: arrives meanwhile). As the gateway's status hub does.
+#: How long a fetch may wait on the broker for data: tansu answers a waiting fetch late when data
+#: arrives meanwhile, so a short wait is a short delay. As the gateway's status hub does.
 FETCH_WAIT_MS = 50
 
 SUBSCRIBERS = web.AppKey("subscribers", dict[str, set[web.WebSocketResponse]])

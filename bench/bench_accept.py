@@ -15,8 +15,8 @@ gateway`` as a process of its own beside a fresh stack: the shape a supervisor o
 gives it (once, to keep ``make bench`` short).
 
 Settings: BENCH_RUNS (3), BENCH_SECONDS (20), BENCH_CONNECTIONS (64), BENCH_PROFILE (1),
-BENCH_LONE_GATEWAY (1), and BENCH_COMPARE=DIR or NAME=DIR,... to measure other source trees too, in the
-same runs (before/after figures).
+BENCH_LONE_GATEWAY (1: first run only; all; 0), and BENCH_COMPARE=DIR or NAME=DIR,... to measure
+other source trees too, in the same runs (before/after figures).
 """
 
 import contextlib
@@ -32,7 +32,8 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 PROFILE = os.environ.get("BENCH_PROFILE", "1") == "1"
 #: While serve runs the gateway in the stages' process, also measure it as a process of its own.
-LONE = os.environ.get("BENCH_LONE_GATEWAY", "1") == "1"
+#: "1": in the first run only; "all": in every run; "0": never.
+LONE = os.environ.get("BENCH_LONE_GATEWAY", "1")
 WARMUP_SECONDS = 3
 TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 2000, 50.0, 0.5
 
@@ -102,7 +103,7 @@ def main() -> None:
                 report(run, name, result, ceiling, cpu, record)
                 if raw is not None and raw.exists():
                     profiles[name] = common.top_frames(raw)
-                if shared and LONE and run == 1:
+                if shared and (LONE == "all" or (LONE == "1" and run == 1)):
                     raw = logs / f"profile-{name}-lone.raw" if PROFILE and run == 1 else None
                     result, cpu, _ = measure(logs, script, tree, raw, lone=True)
                     report(run, f"{name} (gateway process)", result, ceiling, cpu, record)

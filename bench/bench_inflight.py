@@ -10,6 +10,9 @@ queued in the stages), and as many waiting at the provider as the stages get the
 How fast orders reach the provider is printed too: the stages' throughput on this machine, which is what
 decides whether all 10,000 get there within the time ``make bench`` can give this benchmark.
 
+At 1, 1,000 and the end it also measures the CPU each process uses while nothing else happens (the cost
+of jobs merely waiting: sweeps, polls) and, at the end, profiles the gateway process meanwhile.
+
 Targets: RSS of each reelstream process flat within 10 % from 1k to 10k and < 150 MB; latencies not
 growing with the number in flight.
 Settings: BENCH_INFLIGHT (10000), BENCH_INFLIGHT_FIRST (1000), BENCH_INFLIGHT_WAIT (240 s from the start
@@ -30,6 +33,11 @@ TOTAL = int(os.environ.get("BENCH_INFLIGHT", "10000"))
 FIRST = int(os.environ.get("BENCH_INFLIGHT_FIRST", "1000"))
 WAIT = float(os.environ.get("BENCH_INFLIGHT_WAIT", "240"))
 PROBES = int(os.environ.get("BENCH_INFLIGHT_PROBES", "200"))
+PROFILE = os.environ.get("BENCH_PROFILE", "1") == "1"
+#: Seconds of nothing happening over which idle CPU is measured (and profiled at the end).
+IDLE_SECONDS = 5.0
+#: Seconds given to the last orders' tail of work before idle CPU is measured.
+SETTLE_SECONDS = 3.0
 ORDER = {**common.ORDER, "duration_seconds": 5}
 TARGET_RSS_MB, TARGET_FLAT = 150.0, 0.10
 
@@ -102,6 +110,14 @@ async def probe(url: str, sample: str) -> dict[str, float]:
             "read_p50_ms": statistics.median(reads), "read_p99_ms": q(reads, 0.99)}  # fmt: skip
 
 
+def idle_cpu(stack: common.Stack, seconds: float = IDLE_SECONDS) -> dict[str, float]:
+    """Cores each reelstream process uses while no request comes in: the cost of the jobs just waiting."""
+    pids = list(stack.reelstream_processes())
+    before = {pid: common.cpu_seconds(pid) for pid in pids}
+    time.sleep(seconds)
+    return {str(pid): round((common.cpu_seconds(pid) - before[pid]) / seconds, 3) for pid in pids}
+
+
 def snapshot(stack: common.Stack, label: str, count: int, latency: dict[str, float]) -> dict[str, Any]:
     processes = stack.reelstream_processes().items()
     rss = {f"{pid} {line[:60]}": round(common.rss_mb(pid), 1) for pid, line in processes}
@@ -114,6 +130,19 @@ def snapshot(stack: common.Stack, label: str, count: int, latency: dict[str, flo
         flush=True,
     )
     return {"waiting": count, "rss_mb": rss, "latency": latency}
+
+
+def point(stack: common.Stack, label: str, db: str, sample: str, profile: Any = None) -> dict[str, Any]:
+    """Idle CPU first (nothing else going on), then RSS and the latency probes."""
+    count = asyncio.run(waiting(db))
+    time.sleep(SETTLE_SECONDS)  # the last orders' status events and bookkeeping are done
+    spy = common.start_profile(stack.gateway_pid(), int(IDLE_SECONDS), profile) if profile else None
+    idle = idle_cpu(stack)
+    if spy is not None:
+        spy.wait()
+    print(f"{label}: idle CPU (cores) per process: {idle}", flush=True)
+    found = snapshot(stack, label, count, asyncio.run(probe(stack.url, sample)))
+    return {**found, "idle_cores": idle}
 
 
 def main() -> None:
@@ -130,15 +159,14 @@ def main() -> None:
         deadline = time.monotonic() + WAIT
         sample = asyncio.run(submit(stack.url, 1))[0]
         asyncio.run(wait_for(db, 1, deadline))
-        reference = asyncio.run(probe(stack.url, sample))
-        points.append(snapshot(stack, "reference", asyncio.run(waiting(db)), reference))
+        points.append(point(stack, "reference", db, sample))
         submitted = 1 + PROBES  # the probes' creates are orders too
         # 1,000 waiting at the provider.
         submitted += asyncio.run(orders(stack.url, FIRST - submitted, rates))
         count, took = asyncio.run(wait_for(db, FIRST, deadline))
         rates.append(f"{count} waiting at the provider {took:.1f} s later")
         print(rates[-1], flush=True)
-        points.append(snapshot(stack, f"{FIRST} waiting", count, asyncio.run(probe(stack.url, sample))))
+        points.append(point(stack, f"{FIRST} waiting", db, sample))
         submitted += PROBES
         # Every order accepted: in flight, most of them still queued in the stages.
         submitted += asyncio.run(orders(stack.url, TOTAL - submitted, rates))
@@ -151,9 +179,15 @@ def main() -> None:
             rate += f" (stopped at BENCH_INFLIGHT_WAIT={WAIT:.0f} s from the start)"
         print(rate, flush=True)
         rates.append(rate)
-        points.append(snapshot(stack, f"{count} waiting", count, asyncio.run(probe(stack.url, sample))))
+        profile = logs / "profile-idle.raw" if PROFILE else None
+        points.append(point(stack, f"{count} waiting", db, sample, profile))
+    if profile is not None and profile.exists():
+        title = f"profile of the gateway process, idle with {count} waiting (py-spy)"
+        print(f"\n{title}:\n{common.top_frames(profile)}")
     verdict = verdict_of(points)
     payload = {"machine": info, "command": command, "points": points, "rates": rates}
+    if profile is not None and profile.exists():
+        payload["profile"] = common.top_frames(profile)
     common.save("inflight", {**payload, **verdict})
 
 

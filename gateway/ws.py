@@ -333,8 +333,9 @@ class StatusHub:
                 enable_auto_commit=False,
                 auto_offset_reset="latest",
                 metadata_max_age_ms=int(self._refresh * 1000),
-                # tansu holds a fetch for its whole max wait even when records arrive meanwhile: the
-                # default 500 ms was a quarter second of delivery delay on average.
+                # tansu answers a waiting fetch late when records arrive meanwhile: measured, a record
+                # reached a consumer 64-93 ms (median) after it was acknowledged with aiokafka's default
+                # 500 ms wait, 11 ms with 50 ms.
                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             )
             try:
