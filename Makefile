@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	@scripts/system-packages tests/system-packages.txt
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -580,8 +580,14 @@ class StageRunner:
                 )
                 metrics.DEAD_LETTERED.labels(self.stage.name, record.topic).inc()
                 break
-            except KafkaError:
+            except KafkaError as send_error:
                 failures += 1
+                log.warning(
+                    "stage %s: dead letter to %s failed (%r), retrying",
+                    self.stage.name,
+                    topic_names.dlq(record.topic),
+                    send_error,
+                )
                 await self._sleep_unless_stopping(self._backoff(failures))
         if generation_id is not None:
             origin = event.id if event is not None else f"{record.topic}/{record.partition}/{record.offset}"
