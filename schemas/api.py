@@ -28,6 +28,8 @@ GenerationStatus = Literal[
 ]
 ClipStatus = Literal["pending", "submitted", "processing", "succeeded", "failed", "canceled"]
 SceneKind = Literal["intro", "development", "cta"]
+Resolution = Literal["480p", "720p", "1080p"]
+Transition = Literal["cut", "crossfade"]
 
 #: Forward order of generation statuses; the terminal ones share the last rank.
 STATUS_ORDER: tuple[GenerationStatus, ...] = (
@@ -104,6 +106,15 @@ class Options(Input):
     cta_text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)] | None = (
         None
     )
+    #: The delivery size (see ``DELIVERY_SIZES``).
+    resolution: Resolution = "720p"
+    #: Each scene's on-screen line burned in.
+    captions: StrictBool = True
+    transitions: Transition = "crossfade"
+    #: Where the end of the generation is POSTed, signed (see the gateway's callback rules).
+    callback_url: Url | None = None
+    #: Refuse the order when its estimate is higher than this.
+    max_cost_usd: Annotated[float, Field(gt=0, le=100_000)] | None = None
 
 
 class GenerationRequest(Input):
@@ -315,3 +326,16 @@ def field_errors(errors: list[Any]) -> list[FieldError]:
 
 #: Output size per aspect ratio (Wan's 480p family; the local renderer and the final video use it).
 DIMENSIONS: dict[str, tuple[int, int]] = {"16:9": (832, 480), "9:16": (480, 832), "1:1": (640, 640)}
+
+#: The finished video's size per aspect ratio and ``options.resolution`` (the contract's table).
+DELIVERY_SIZES: dict[tuple[str, str], tuple[int, int]] = {
+    ("16:9", "480p"): (854, 480),
+    ("16:9", "720p"): (1280, 720),
+    ("16:9", "1080p"): (1920, 1080),
+    ("9:16", "480p"): (480, 854),
+    ("9:16", "720p"): (720, 1280),
+    ("9:16", "1080p"): (1080, 1920),
+    ("1:1", "480p"): (480, 480),
+    ("1:1", "720p"): (720, 720),
+    ("1:1", "1080p"): (1080, 1080),
+}
