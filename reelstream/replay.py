@@ -112,10 +112,15 @@ def _aware(moment: datetime) -> datetime:
 async def read_to_end(
     bootstrap: str, names: Sequence[str], *, stall_seconds: float = STALL_SECONDS
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``names`` from the beginning up to the end offsets of when this started.
+    """Every record of ``names`` written before this started, from the beginning.
 
     No consumer group: partitions are assigned and nothing is committed, so reading never disturbs the
     stages' groups. Topics that do not exist are empty (and are not created by asking).
+
+    The end of a partition is its end offset when reading started, and then the rest of the batch that
+    offset falls in: tansu (the embedded broker) answers a partition's end as one past the *first*
+    record of its last batch, so records that arrived in one batch (a stage's emits, two dead letters at
+    once) would otherwise be cut off. That tail is read on while its records predate the start.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -145,17 +150,20 @@ async def read_to_end(
         remaining = {tp: end for tp, end in ends.items() if end > starts[tp]}
         for tp in remaining:
             consumer.seek(tp, starts[tp])
+        started_ms = time.time() * 1000
         last_progress = time.monotonic()
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
             for tp, records in batch.items():
                 for record in records:
-                    if tp in remaining and record.offset < remaining[tp]:
-                        last_progress = time.monotonic()
-                        yield record
+                    if record.offset >= remaining[tp] and record.timestamp > started_ms:
+                        del remaining[tp]  # written after reading started
+                        break
+                    last_progress = time.monotonic()
+                    yield record
             for tp in list(remaining):
-                if await consumer.position(tp) >= remaining[tp]:
-                    del remaining[tp]
+                if tp not in batch and await consumer.position(tp) >= remaining[tp]:
+                    del remaining[tp]  # at its end, and nothing of the last batch follows
             if remaining and time.monotonic() - last_progress > stall_seconds:
                 raise ReplayError(
                     f"reading {', '.join(sorted({tp.topic for tp in remaining}))} made no progress"

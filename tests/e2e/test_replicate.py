@@ -228,10 +228,20 @@ async def test_throttled_create_waits_and_makes_one_prediction_per_clip(
     assert len(created_for(replicate, result["generation_id"])) == len(result["clips"])
 
 
-async def test_create_with_lost_answer_makes_no_duplicate(cloud: Stack, replicate: FakeReplicate) -> None:
+async def test_create_with_lost_answer_makes_no_duplicate(
+    cloud: Stack, replicate: FakeReplicate, db: asyncpg.Connection
+) -> None:
     replicate.hang_next_create(3.0)  # longer than the 1 s create timeout: outcome unknown
     result = await generate(cloud, duration=5)
     assert result["status"] == "completed", result["error"]
+    # The webhook may complete the generation before the lost create's retry has looked its prediction
+    # up: wait for that retry to record what it found (or made) before counting.
+    async with asyncio.timeout(30):
+        while await db.fetchval(
+            "SELECT count(*) FROM submissions WHERE generation_id = $1 AND prediction_id IS NULL",
+            result["generation_id"],
+        ):
+            await asyncio.sleep(0.2)
     created = created_for(replicate, result["generation_id"])
     assert sorted(p["id"] for p in created) == sorted(c["prediction_id"] for c in result["clips"])
 

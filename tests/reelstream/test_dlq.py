@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from reelstream import dlq
 from reelstream.events import encode, make_event
@@ -52,6 +53,17 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes
     return [(r.key, r.value) async for r in read_to_end(bootstrap, [topic])]
 
 
+async def _offsets(bootstrap: str, topic: str) -> str:
+    """Begin and end offsets of every partition, for a failure message."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, i) for i in sorted(c.partitions_for_topic(topic) or ())]
+        return f"{topic}: {await c.beginning_offsets(tps)} {await c.end_offsets(tps)}"
+    finally:
+        await c.stop()
+
+
 async def dead_letter_with_the_runtime(
     bootstrap: str, pool: asyncpg.Pool, producer: Producer, topic: str, items: list[tuple[bytes, bytes]]
 ) -> str:
@@ -69,11 +81,15 @@ async def dead_letter_with_the_runtime(
         for key, value in items:
             await producer.send_raw(topic, value, key=key, headers=[])
         for _ in range(300):
-            if len(await read_all(bootstrap, topics.dlq(topic))) >= len(items):
+            letters = await read_all(bootstrap, topics.dlq(topic))
+            if len(letters) >= len(items):
                 break
             await asyncio.sleep(0.2)
         else:
-            raise AssertionError(f"the runtime did not dead-letter {len(items)} records within 60 s")
+            raise AssertionError(
+                f"the runtime did not dead-letter {len(items)} records within 60 s: {letters}"
+                f" {await _offsets(bootstrap, topics.dlq(topic))} {await _offsets(bootstrap, topic)}"
+            )
     finally:
         runner.stop()
         await task

@@ -118,6 +118,26 @@ def test_replay_topics_are_the_pipeline_but_status() -> None:
 # -- selection and re-publishing ------------------------------------------------------------------
 
 
+async def test_reading_a_topic_sees_every_record_of_its_last_batch(
+    kafka_bootstrap: str, pipeline: tuple[str, str]
+) -> None:
+    """Records produced together travel in one batch; the embedded broker reports the partition's end
+    as one past the batch's first record. Replay and ``dlq list`` must still see all of them."""
+    topic = pipeline[0]
+    keys = [new_id().encode() for _ in range(5)]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        sent = [producer.send(topic, f"value {i}".encode(), key=keys[i], partition=0) for i in range(5)]
+        for ack in await asyncio.gather(*sent):
+            await ack
+    finally:
+        await producer.stop()
+    assert sorted(value for _, value in await read_all(kafka_bootstrap, topic)) == [
+        f"value {i}".encode() for i in range(5)
+    ]
+
+
 async def test_select_by_the_events_own_time(kafka_bootstrap: str, pipeline: tuple[str, str]) -> None:
     topic = pipeline[0]
     gen = new_id()
