@@ -236,12 +236,14 @@ async def test_create_with_lost_answer_makes_no_duplicate(
     assert result["status"] == "completed", result["error"]
     # The webhook may complete the generation before the lost create's retry has looked its prediction
     # up: wait for that retry to record what it found (or made) before counting.
-    async with asyncio.timeout(30):
-        while await db.fetchval(
+    for _ in range(150):
+        open_intents = await db.fetchval(
             "SELECT count(*) FROM submissions WHERE generation_id = $1 AND prediction_id IS NULL",
             result["generation_id"],
-        ):
-            await asyncio.sleep(0.2)
+        )
+        if not open_intents:
+            break
+        await asyncio.sleep(0.2)
     created = created_for(replicate, result["generation_id"])
     assert sorted(p["id"] for p in created) == sorted(c["prediction_id"] for c in result["clips"])
 
