@@ -166,11 +166,14 @@ async def _plan_queued(conn: asyncpg.Connection, row: asyncpg.Record, found: Pla
 
 
 async def _assembly_outcome(conn: asyncpg.Connection, generation_id: str) -> CloudEvent | None:
-    """The newest recorded ``clip.completed`` when every clip has succeeded: assembly was cut short."""
+    """When every clip has succeeded, assembly was cut short: the ``clip.completed`` that claimed it,
+    else the newest recorded one (the last clip finished, whose event found every clip done)."""
     row = await conn.fetchrow(
         "SELECT count(*) AS total, count(*) FILTER (WHERE status = 'succeeded') AS succeeded,"
-        " (SELECT outcome FROM clips WHERE generation_id = $1 AND outcome IS NOT NULL"
-        "  ORDER BY updated_at DESC, clip_id DESC LIMIT 1) AS outcome"
+        " (SELECT c.outcome FROM clips c JOIN generations g ON g.id = c.generation_id"
+        "  WHERE c.generation_id = $1 AND c.outcome IS NOT NULL"
+        "  ORDER BY (c.outcome->>'id' IS NOT DISTINCT FROM g.assembly_event) DESC,"
+        "  c.updated_at DESC, c.clip_id DESC LIMIT 1) AS outcome"
         " FROM clips WHERE generation_id = $1",
         generation_id,
     )

@@ -21,7 +21,8 @@ Guarantees, in the order a message meets them:
 * The offset is committed only after the transaction committed and every emitted event was acknowledged
   (acks=all). Offsets are committed up to the first message still in flight, per partition.
 * Messages with the same key (generation id) are handled one after another, in order; different keys run
-  concurrently up to ``concurrency``, so one slow generation never stalls the others.
+  concurrently up to ``concurrency``, so one slow generation never stalls the others. A stage may
+  order more finely (``Stage.order_by``: completion orders by clip).
 * Transient failures (database, broker or provider unreachable) are retried with capped backoff for at
   most ``transient_budget`` seconds, then the event is dead-lettered (above). A waiting retry holds no
   concurrency slot, and backpressure pauses only the partitions that reached ``max_in_flight``
@@ -210,6 +211,10 @@ class Stage:
     payloads: Mapping[str, type[BaseModel]] = field(default_factory=lambda: dict(PAYLOADS))
     sweeps: list[Sweep] = field(default_factory=list)
     prepare: Prepare | None = None
+    #: Events with the same value are handled one after another, in order; unset: the message key (the
+    #: generation). A stage whose events of one generation are independent (completion finishes each
+    #: clip on its own) orders them more finely, so they run side by side.
+    order_by: Callable[[CloudEvent], str] | None = None
 
 
 @dataclass
@@ -341,7 +346,7 @@ class StageRunner:
     def _dispatch(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         entry = _InFlight(record.offset)
         self._pending.setdefault(tp, deque()).append(entry)
-        chain_key = (tp, record.key)
+        chain_key = (tp, self._order_key(record))
         previous = self._chains.get(chain_key)
         task = asyncio.create_task(self._run_in_order(previous, tp, record, entry))
         self._chains[chain_key] = task
@@ -353,6 +358,15 @@ class StageRunner:
                 del self._chains[chain_key]
 
         task.add_done_callback(_forget)
+
+    def _order_key(self, record: ConsumerRecord[bytes, bytes]) -> bytes | None:
+        key: bytes | None = record.key
+        if self.stage.order_by is None:
+            return key
+        try:
+            return self.stage.order_by(decode(record.value)).encode()
+        except (ValueError, ValidationError, KeyError, TypeError):
+            return key  # undecodable: _process dead-letters it, in the generation's order
 
     async def _run_in_order(
         self,

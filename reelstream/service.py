@@ -308,7 +308,8 @@ def processes(settings: Settings) -> tuple[list[ChildSpec], dict[str, str]]:
     metrics = {"gateway": f"{local_gateway_url(settings)}/metrics"}
     for name in STAGE_NAMES:
         port = embedded.free_port()
-        children.append(ChildSpec(name, [*command, "stage", name, "--metrics-port", str(port)], env))
+        argv = [*command, "stage", name, "--metrics-port", str(port)]
+        children.append(ChildSpec(name, argv, env, nice=settings.stage_nice))
         metrics[name] = f"http://127.0.0.1:{port}/metrics"
     return children, metrics
 

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     clip_attempts: int = Field(default=2, ge=1)
     render_concurrency: int = Field(default=2, ge=1)
     stage_concurrency: int = Field(default=16, ge=1)
+    #: Niceness ``serve`` adds to each stage process: under a burst the gateway answers first, and the
+    #: stages catch up (their work is queued in Kafka, not lost). 0 on a machine of its own.
+    stage_nice: int = Field(default=10, ge=0, le=19)
     #: How long a stage keeps retrying an event that fails transiently (a dependency down) before it
     #: dead-letters it and fails its generation. Long enough to ride out a restart of Postgres, the
     #: broker or S3; well inside the hour Replicate keeps its outputs.

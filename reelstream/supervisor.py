@@ -74,6 +74,8 @@ class ChildSpec:
     name: str
     argv: Sequence[str]
     env: Mapping[str, str] | None = None
+    #: Added to the child's scheduling niceness: background work yields the CPU to the gateway.
+    nice: int = 0
 
 
 class ChildFailedToStart(Exception):
@@ -188,7 +190,7 @@ async def _spawn(child: _Child, sink: TextIO) -> None:
             stderr=asyncio.subprocess.PIPE,
             env=dict(child.spec.env) if child.spec.env is not None else None,
             process_group=0,
-            preexec_fn=embedded.death_signal_preexec(signal.SIGKILL),
+            preexec_fn=_preexec(child.spec.nice),
             limit=_LINE_LIMIT,
         )
     except OSError as exc:  # no such program, not executable, out of processes
@@ -201,6 +203,21 @@ async def _spawn(child: _Child, sink: TextIO) -> None:
         asyncio.create_task(_pump(child, proc.stdout, sink, watch_ready=True)),
         asyncio.create_task(_pump(child, proc.stderr, sink, watch_ready=False)),
     ]
+
+
+def _preexec(nice: int) -> Callable[[], None] | None:
+    """What the child runs before its program: the parent-death signal, and its niceness (inherited by
+    every thread and FFmpeg it starts)."""
+    death = embedded.death_signal_preexec(signal.SIGKILL)
+    if not nice:
+        return death
+
+    def preexec() -> None:
+        if death is not None:
+            death()
+        os.nice(nice)
+
+    return preexec
 
 
 async def _pump(child: _Child, stream: asyncio.StreamReader, sink: TextIO, *, watch_ready: bool) -> None:

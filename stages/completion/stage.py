@@ -4,9 +4,11 @@
 :mod:`reelstream.outcomes`), fetches a usable output as soon as it arrives (Replicate deletes outputs
 after an hour), checks it is a real video, *finishes* it into its piece of the final video (delivery
 size, frame filled, constant frame rate, exactly its share of the frames) while the other clips still
-render, stores the piece as the clip and records it. Once every clip has succeeded the pieces are
-joined by stream copy into ``final.mp4``, with ``thumbnail.jpg``: after the last webhook only the last
-clip's own finishing and a copy remain. A transient failure to fetch is retried; a permanent one fails
+render, stores the piece as the clip and records it. A generation's clips are finished side by side
+(the stage orders its events by clip, not by generation), so clips that land together do not queue
+behind each other. Once every clip has succeeded the pieces are joined by stream copy into
+``final.mp4``, with ``thumbnail.jpg``: after the last webhook only the last clip's own finishing and a
+copy remain. A transient failure to fetch is retried; a permanent one fails
 the attempt, and the clips stage resubmits the clip while attempts remain.
 
 ``record`` (in the handling transaction) writes the clip's failure or the generation's completion and
@@ -26,6 +28,7 @@ from reelstream import media, metrics, outcomes, outstanding, status, storage
 from reelstream.runtime import Context, PermanentError, Stage, TransientError
 from schemas import topics
 from schemas.api import DIMENSIONS, Video
+from schemas.envelope import CloudEvent
 from schemas.events import ClipCompleted, GenerationCompleted, Prediction
 
 log = logging.getLogger(__name__)
@@ -211,18 +214,30 @@ async def _all_succeeded(pool: asyncpg.Pool, generation_id: str) -> bool:
     return remaining == 0
 
 
-async def _assemble(ctx: Context[Any]) -> Assembled | None:
+async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
     """``final.mp4`` (the finished pieces joined by stream copy) and ``thumbnail.jpg``; fixed keys, so
-    assembling again after a crash overwrites rather than duplicates."""
+    assembling again after a crash overwrites rather than duplicates.
+
+    Clips finish side by side, so the last few may all find every clip done: the one whose event moves
+    the generation to ``assembling`` (the generation's row locked meanwhile) assembles, and so does that
+    same event redelivered; the others only announce their clip.
+    """
     async with ctx.transaction() as conn:
-        await status.set_status(conn, ctx.generation_id, "assembling", emit=ctx.emit)
-        current = await conn.fetchval("SELECT status FROM generations WHERE id = $1", ctx.generation_id)
+        claim = await conn.fetchrow(
+            "SELECT status, assembly_event FROM generations WHERE id = $1 FOR UPDATE", ctx.generation_id
+        )
+        if claim is None or claim["status"] not in ("generating", "assembling"):
+            return None  # canceled or failed meanwhile
+        if claim["status"] == "generating":
+            await status.set_status(
+                conn, ctx.generation_id, "assembling", emit=ctx.emit, assembly_event=ctx.event.id
+            )
+        elif claim["assembly_event"] not in (None, ctx.event.id):
+            return ClipStored()  # another clip's event is assembling it
         clips = await conn.fetch(
             "SELECT storage_key, predict_time FROM clips WHERE generation_id = $1 ORDER BY idx",
             ctx.generation_id,
         )
-    if current != "assembling":
-        return None  # canceled meanwhile
     await ctx.flush()  # clients see "assembling" while the pieces are joined
     store: storage.Storage = ctx.deps.storage
     with tempfile.TemporaryDirectory(prefix="reelstream-final-") as tmp:
@@ -248,4 +263,11 @@ async def _assemble(ctx: Context[Any]) -> Assembled | None:
     return Assembled(video, sum(r["predict_time"] or 0.0 for r in clips))
 
 
-stage = Stage(name="completion", topics=[topics.CLIP_COMPLETED], prepare=prepare, handler=record)
+def _by_clip(event: CloudEvent) -> str:
+    """Completion's order: one clip's outcomes in turn, a generation's different clips side by side."""
+    return f"{event.subject}/{event.data['clip_id']}"
+
+
+stage = Stage(
+    name="completion", topics=[topics.CLIP_COMPLETED], prepare=prepare, handler=record, order_by=_by_clip
+)

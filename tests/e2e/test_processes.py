@@ -165,6 +165,9 @@ async def test_serve_starts_prints_ready_and_stops_cleanly_on_sigterm(tmp_path: 
                 assert "reelstream_" in await resp.text()
     children = json.loads((tmp_path / "run" / "children.json").read_text())["children"]
     assert set(children) == {"gateway", *STAGES}
+    # The stages run below the gateway's priority (REELSTREAM_STAGE_NICE, 10 by default).
+    niceness = {name: os.getpriority(os.PRIO_PROCESS, child["pid"]) for name, child in children.items()}
+    assert {niceness[name] - niceness["gateway"] for name in STAGES} == {min(10, 19 - niceness["gateway"])}
 
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 60) == 0

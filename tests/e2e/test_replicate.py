@@ -369,6 +369,27 @@ async def test_a_long_prediction_is_polled_again_until_it_ends(
     assert replicate.webhook_deliveries == []
 
 
+async def test_a_generations_clips_are_fetched_and_finished_side_by_side(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    """Clips that land together are not finished one after another: all their outputs are being fetched
+    at once (the output host holds every download until each clip's has started)."""
+    replicate.hold_files = True
+    generation_id = await submit(cloud, duration=15)
+    planned = await wait_for(cloud, generation_id, until=lambda d: len(d["clips"]) > 1)
+    try:
+        for _ in range(300):
+            if replicate.files_waiting == len(planned["clips"]):
+                break
+            await asyncio.sleep(0.1)
+        assert replicate.files_waiting == len(planned["clips"])
+    finally:
+        replicate.release_files()
+    result = await wait_for(cloud, generation_id)
+    assert result["status"] == "completed", result["error"]
+    assert result["video"]["duration_seconds"] == 15
+
+
 async def test_forged_or_stale_signatures_are_refused(cloud: Stack, replicate: FakeReplicate) -> None:
     body = b'{"id": "forged", "status": "succeeded", "output": "https://evil.example/x.mp4"}'
     url = f"{cloud.url}/api/v1/webhooks/replicate"

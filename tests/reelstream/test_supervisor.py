@@ -115,6 +115,26 @@ async def test_output_is_prefixed_per_child_and_on_ready_waits_for_every_child()
     assert seen_ready == ["called"]
 
 
+async def test_a_child_runs_at_the_niceness_it_was_given_above_ours() -> None:
+    """``serve`` runs the stages below the gateway's priority (REELSTREAM_STAGE_NICE)."""
+    report = """
+        import os, time
+        print("niceness", os.nice(0), flush=True)
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+
+    async def then() -> None:
+        pass
+
+    specs = [child("gateway", report), ChildSpec("intake", child("intake", report).argv, nice=7)]
+    out = await run_until(specs, then)
+    ours = os.nice(0)
+    lines = out.getvalue().splitlines()
+    assert f"[gateway] niceness {ours}" in lines
+    assert f"[intake] niceness {min(ours + 7, 19)}" in lines
+
+
 async def test_a_crashed_child_is_restarted_after_a_growing_backoff_and_its_crash_is_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -194,6 +194,10 @@ class FakeReplicate:
         self.file_errors: list[int] = []
         #: Output downloads served, by prediction id.
         self.file_gets: dict[str, int] = {}
+        #: Output downloads wait (counted in ``files_waiting``) until ``release_files()``.
+        self.hold_files = False
+        self.files_waiting = 0
+        self._files_released = asyncio.Event()
 
     def throttle_next(self, n: int = 1, retry_after: int = 1) -> None:
         """The next ``n`` creates answer 429 with ``Retry-After`` and create nothing."""
@@ -219,6 +223,12 @@ class FakeReplicate:
         self.hold_predictions = False
         self._release.set()
         self._release = asyncio.Event()
+
+    def release_files(self) -> None:
+        """Let held output downloads (``hold_files``) go on, and stop holding new ones."""
+        self.hold_files = False
+        self._files_released.set()
+        self._files_released = asyncio.Event()
 
     async def wait_idle(self) -> None:
         """Wait for every background render and webhook delivery, including ones they start."""
@@ -434,6 +444,12 @@ class FakeReplicate:
             return self._error(self.file_errors.pop(0), "The output host is busy.")
         path = self._files / f"{request.match_info['id']}.mp4"
         self.file_gets[request.match_info["id"]] = self.file_gets.get(request.match_info["id"], 0) + 1
+        if self.hold_files:
+            self.files_waiting += 1
+            try:
+                await self._files_released.wait()
+            finally:
+                self.files_waiting -= 1
         if not path.is_file():
             return self._error(404, "Not found.")
         return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
