@@ -109,6 +109,15 @@ def _aware(moment: datetime) -> datetime:
 # -- reading ------------------------------------------------------------------------------------------
 
 
+async def _start(client: AIOKafkaConsumer | AIOKafkaProducer, bootstrap: str) -> None:
+    """Start a Kafka client; a broker that cannot be reached is a plain :class:`ReplayError`."""
+    try:
+        await client.start()
+    except (KafkaError, OSError) as exc:
+        await client.stop()
+        raise ReplayError(f"cannot reach the broker at {bootstrap}: {exc}") from None
+
+
 async def read_to_end(
     bootstrap: str, names: Sequence[str], *, stall_seconds: float = STALL_SECONDS
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
@@ -129,11 +138,7 @@ async def read_to_end(
         auto_offset_reset="earliest",
         request_timeout_ms=15000,
     )
-    try:
-        await consumer.start()
-    except (KafkaError, OSError) as exc:
-        await consumer.stop()
-        raise ReplayError(f"cannot reach the broker at {bootstrap}: {exc}") from None
+    await _start(consumer, bootstrap)
     try:
         existing = await consumer.topics()
         partitions = [
@@ -271,11 +276,7 @@ async def republish(bootstrap: str, events: Sequence[Message]) -> Counter[str]:
         linger_ms=5,
         request_timeout_ms=15000,
     )
-    try:
-        await producer.start()
-    except (KafkaError, OSError) as exc:
-        await producer.stop()
-        raise ReplayError(f"cannot reach the broker at {bootstrap}: {exc}") from None
+    await _start(producer, bootstrap)
     try:
         for chunk_start in range(0, len(events), 1000):
             chunk = events[chunk_start : chunk_start + 1000]
