@@ -42,11 +42,11 @@ from pydantic import ValidationError
 
 from gateway.database import DatabaseUnavailable, connection
 from gateway.deps import DEPS, GatewayDeps
-from gateway.detail import load_clips_of, valid_generation_id
 from gateway.errors import request_id
 from gateway.generations import read_detail
 from gateway.memory import RECENT, RecentGenerations
 from reelstream import metrics
+from reelstream.detail import load_clips_of, valid_generation_id
 from reelstream.events import decode
 from schemas import topics
 from schemas.api import (
