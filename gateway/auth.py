@@ -217,7 +217,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 401, "unauthorized", "a valid API key is required", headers={"WWW-Authenticate": "Bearer"}
             )
         request[PRINCIPAL] = presented
-    if request.method not in ("GET", "HEAD", "OPTIONS") and _protected(request.path):
+    if request.method == "POST" and request.path.endswith("/cancel") and _protected(request.path):
+        # The one write without a JSON body (those that take one answer a form 415 already).
         refuse_cross_site(request)
     if request.method == "POST" and request.path.rstrip("/") == "/api/v1/generations":
         limiter = request.app[LIMITER]
