@@ -125,7 +125,7 @@ async def _payload(pool: asyncpg.Pool, row: asyncpg.Record, settings: Settings) 
             "UPDATE callbacks SET payload = COALESCE(payload, $2::jsonb) WHERE webhook_id = $1"
             " RETURNING payload",
             row["webhook_id"],
-            json.dumps(body),
+            body,  # the pool's jsonb codec encodes it
         )
     return json.dumps(stored, separators=(",", ":")).encode()
 
