@@ -1,6 +1,7 @@
 """Keys own their generations; the rate limit is one budget per key across gateways (Redis); budgets."""
 
 import hashlib
+import uuid
 from typing import Any
 
 import pytest
@@ -10,8 +11,12 @@ from gateway_harness import Gateway, GatewayFactory, Tap
 
 from gateway.auth import LIMITER, RateLimiter
 from reelstream import embedded, storage
+from reelstream.events import make_event, now
+from reelstream.runtime import Context
 from schemas import topics
+from schemas.api import GenerationRequest
 from schemas.events import GenerationRequested
+from stages.intake import stage as intake
 
 A = {"Authorization": "Bearer key-a"}
 B = {"X-API-Key": "key-b"}
@@ -191,3 +196,24 @@ async def test_actual_cost_comes_from_predict_time_once_ended(gw: Gateway) -> No
     ended = await (await gw.client.get(f"/api/v1/generations/{gid}")).json()
     assert ended["cost"]["compute_seconds"] == 20.0
     assert ended["cost"]["actual_usd"] == 0.0  # the local renderer is free
+
+
+async def test_an_order_queued_while_postgres_was_away_keeps_its_owner(
+    make_gateway: GatewayFactory, gw_producer: Any
+) -> None:
+    """Intake writes the row of an order the gateway could only publish: the owner travels in the event."""
+    gw = await make_gateway(api_keys="key-a,key-b", rate_limit_per_minute=1000)
+    gid = "gen_" + uuid.uuid4().hex
+    data = GenerationRequested(
+        generation_id=gid,
+        request=GenerationRequest(prompt="Lemonade"),
+        requested_at=now(),
+        owner=hashlib.sha256(b"key-a").hexdigest(),
+    )
+    event = make_event(topics.GENERATION_REQUESTED, data, source="/reelstream/gateway", subject=gid)
+    async with gw.pool.acquire() as conn, conn.transaction():
+        ctx = Context(stage="intake", event=event, data=data, pool=gw.pool, deps=None, producer=gw_producer)
+        ctx._conn = conn
+        await intake.handle(ctx)
+    assert (await gw.client.get(f"/api/v1/generations/{gid}", headers=A)).status == 200
+    assert (await gw.client.get(f"/api/v1/generations/{gid}", headers=B)).status == 404
