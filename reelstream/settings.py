@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     gateway_retry_after_seconds: int = Field(default=5, ge=1)
     #: Generations the gateway remembers (LRU) to answer reads while Postgres is unreachable.
     gateway_memory_size: int = Field(default=4096, ge=0)
+    #: WebSockets one gateway keeps open at most; past it a new one is answered 503 before the upgrade.
+    gateway_max_websockets: int = Field(default=10_000, ge=1)
+    #: How long a request body may take to arrive (a trickling client is answered 408).
+    gateway_body_timeout_seconds: float = Field(default=30.0, gt=0)
 
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000

@@ -9,10 +9,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from gateway_harness import Gateway
+from gateway_harness import Gateway, GatewayFactory
 
 from gateway.auth import RedactingAccessLogger
 from reelstream.detail import valid_clip_id, valid_generation_id
@@ -169,3 +170,34 @@ async def test_concurrent_first_starts_agree_on_one_secret(tmp_path: Path) -> No
     path = tmp_path / "webhook_secret"
     found = await asyncio.gather(*(asyncio.to_thread(secret_file, path) for _ in range(8)))
     assert len(set(found)) == 1
+
+
+async def test_websockets_past_the_cap_are_refused_before_the_upgrade(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(gateway_max_websockets=1, rate_limit_per_minute=1000)
+    gid = await gw.create()
+    first = await gw.client.ws_connect(f"/ws/generations/{gid}")
+    assert (await first.receive_json())["type"] == "snapshot"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await gw.client.ws_connect(f"/ws/generations/{gid}")
+    assert refused.value.status == 503
+    await first.close()
+    await asyncio.sleep(0.1)  # the server side of the first socket lets go
+    again = await gw.client.ws_connect(f"/ws/generations/{gid}")
+    assert (await again.receive_json())["type"] == "snapshot"
+    await again.close()
+
+
+async def test_a_trickling_body_is_answered_408(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(gateway_body_timeout_seconds=0.5, rate_limit_per_minute=1000)
+    reader, writer = await asyncio.open_connection(gw.client.host, gw.client.port)
+    writer.write(
+        b"POST /api/v1/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"prompt": '
+    )
+    await writer.drain()
+    async with asyncio.timeout(10):
+        status_line = await reader.readline()
+        rest = await reader.read(4096)
+    writer.close()
+    assert status_line.split()[1] == b"408"
+    assert b'"request_timeout"' in rest
