@@ -202,8 +202,14 @@ async def deliver_due(sweeper: Sweeper) -> None:
     settings: Settings = sweeper.deps.settings
     while True:
         rows = await _claim(sweeper.pool, BATCH)
-        if rows:
-            await asyncio.gather(*(deliver(sweeper.pool, row, settings) for row in rows))
+        results = await asyncio.gather(
+            *(deliver(sweeper.pool, row, settings) for row in rows), return_exceptions=True
+        )
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, Exception):  # its lease runs out and the next round tries again
+                log.warning("callback %s: %s", row["webhook_id"], type(result).__name__)
+            elif isinstance(result, BaseException):
+                raise result
         if len(rows) < BATCH:
             return
 
