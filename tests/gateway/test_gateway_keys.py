@@ -46,10 +46,10 @@ async def test_another_key_gets_404_on_every_route_and_the_websocket(
 ) -> None:
     gw = await make_gateway(api_keys="key-a,key-b", rate_limit_per_minute=1000)
     requested: Tap = await tap(topics.GENERATION_REQUESTED)
-    resp = await gw.client.post("/api/v1/generations", json={"prompt": "Lemonade by A"}, headers=A)
+    resp = await gw.client.post("/api/v1/generations", json={"prompt": "Sorbet by A"}, headers=A)
     assert resp.status == 202
     gid = (await resp.json())["generation_id"]
-    mine = await gw.client.post("/api/v1/generations", json={"prompt": "Lemonade by B"}, headers=B)
+    mine = await gw.client.post("/api/v1/generations", json={"prompt": "Sorbet by B"}, headers=B)
     theirs = (await mine.json())["generation_id"]
 
     # The row and the event carry the key's fingerprint, never the key.
@@ -92,7 +92,7 @@ async def test_another_key_gets_404_on_every_route_and_the_websocket(
 
 async def test_without_keys_everything_is_visible(make_gateway: GatewayFactory) -> None:
     keyed = await make_gateway(api_keys="key-a", rate_limit_per_minute=1000)
-    gid = await keyed.client.post("/api/v1/generations", json={"prompt": "Lemonade"}, headers=A)
+    gid = await keyed.client.post("/api/v1/generations", json={"prompt": "Sorbet"}, headers=A)
     gid = (await gid.json())["generation_id"]
     open_gw = await make_gateway(rate_limit_per_minute=1000)
     assert (await open_gw.client.get(f"/api/v1/generations/{gid}")).status == 200
@@ -112,7 +112,7 @@ def _limited(limit: int, client: aioredis.Redis) -> Any:
 
 
 async def _post(gw: Gateway, headers: dict[str, str]) -> int:
-    resp = await gw.client.post("/api/v1/generations", json={"prompt": "Lemonade"}, headers=headers)
+    resp = await gw.client.post("/api/v1/generations", json={"prompt": "Sorbet"}, headers=headers)
     return resp.status
 
 
@@ -125,7 +125,7 @@ async def test_two_gateways_share_one_budget_per_key_in_redis(
         one = await make_gateway(api_keys="key-a,key-b", customize=_limited(3, client))
         two = await make_gateway(api_keys="key-a,key-b", customize=_limited(3, client))
         assert [await _post(one, A), await _post(two, A), await _post(one, A)] == [202, 202, 202]
-        fourth = await two.client.post("/api/v1/generations", json={"prompt": "Lemonade"}, headers=A)
+        fourth = await two.client.post("/api/v1/generations", json={"prompt": "Sorbet"}, headers=A)
         assert fourth.status == 429
         assert (await fourth.json())["error"]["code"] == "rate_limited"
         assert 1 <= int(fourth.headers["Retry-After"]) <= 60
@@ -149,7 +149,7 @@ async def test_redis_down_falls_back_to_the_process_window(make_gateway: Gateway
 async def test_an_order_above_its_budget_is_refused_with_the_estimate(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(replicate_api_token="r8_test", rate_limit_per_minute=1000)
     before = await gw.pool.fetchval("SELECT count(*) FROM generations")
-    body = {"prompt": "Lemonade", "duration_seconds": 30, "options": {"max_cost_usd": 0.05}}
+    body = {"prompt": "Sorbet", "duration_seconds": 30, "options": {"max_cost_usd": 0.05}}
     quote = await (await gw.client.post("/api/v1/estimates", json=body)).json()
     resp = await gw.client.post("/api/v1/generations", json=body)
     assert resp.status == 422
@@ -206,7 +206,7 @@ async def test_an_order_queued_while_postgres_was_away_keeps_its_owner(
     gid = "gen_" + uuid.uuid4().hex
     data = GenerationRequested(
         generation_id=gid,
-        request=GenerationRequest(prompt="Lemonade"),
+        request=GenerationRequest(prompt="Sorbet"),
         requested_at=now(),
         owner=hashlib.sha256(b"key-a").hexdigest(),
     )
