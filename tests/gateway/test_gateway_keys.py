@@ -6,10 +6,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 from gateway_harness import Gateway, GatewayFactory, Tap
 
-from gateway.auth import LIMITER, RateLimiter
 from reelstream import embedded, storage
 from reelstream.events import make_event, now
 from reelstream.runtime import Context
@@ -102,15 +100,6 @@ async def test_without_keys_everything_is_visible(make_gateway: GatewayFactory) 
 # -- rate limits ------------------------------------------------------------------------------------------
 
 
-def _limited(limit: int, client: aioredis.Redis) -> Any:
-    """The app's limiter on ``client`` (the harness builds its deps without Redis)."""
-
-    def customize(app: web.Application) -> None:
-        app[LIMITER] = RateLimiter(limit, client)
-
-    return customize
-
-
 async def _post(gw: Gateway, headers: dict[str, str]) -> int:
     resp = await gw.client.post("/api/v1/generations", json={"prompt": "Sorbet"}, headers=headers)
     return resp.status
@@ -122,8 +111,8 @@ async def test_two_gateways_share_one_budget_per_key_in_redis(
     client = aioredis.Redis.from_url(redis_url)
     try:
         await client.flushdb()
-        one = await make_gateway(api_keys="key-a,key-b", customize=_limited(3, client))
-        two = await make_gateway(api_keys="key-a,key-b", customize=_limited(3, client))
+        one = await make_gateway(api_keys="key-a,key-b", rate_limit_per_minute=3, redis=client)
+        two = await make_gateway(api_keys="key-a,key-b", rate_limit_per_minute=3, redis=client)
         assert [await _post(one, A), await _post(two, A), await _post(one, A)] == [202, 202, 202]
         fourth = await two.client.post("/api/v1/generations", json={"prompt": "Sorbet"}, headers=A)
         assert fourth.status == 429
@@ -138,7 +127,7 @@ async def test_two_gateways_share_one_budget_per_key_in_redis(
 
 async def test_redis_down_falls_back_to_the_process_window(make_gateway: GatewayFactory) -> None:
     dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{embedded.free_port()}/0", socket_connect_timeout=1)
-    gw = await make_gateway(api_keys="key-a", customize=_limited(2, dead))
+    gw = await make_gateway(api_keys="key-a", rate_limit_per_minute=2, redis=dead)
     assert [await _post(gw, A), await _post(gw, A), await _post(gw, A)] == [202, 202, 429]
     await dead.aclose()
 
