@@ -4,12 +4,14 @@ The cap is enforced twice: on the declared ``Content-Length`` (reject before rea
 the bytes actually received (a chunked or lying client cannot make us buffer more than the cap).
 """
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from gateway.deps import get_deps
 from gateway.errors import ApiError
 from schemas.api import field_errors
 
@@ -25,20 +27,29 @@ def too_large(limit: int) -> ApiError:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, at most ``limit`` bytes, else 413 ``payload_too_large``."""
+    """The raw body, at most ``limit`` bytes, else 413 ``payload_too_large``; 408 ``request_timeout``
+    when it takes longer than ``gateway_body_timeout_seconds`` to arrive (a trickling client must not
+    hold a connection and a handler forever)."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.read(min(1 << 16, limit + 1 - size))
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    seconds = get_deps(request).settings.gateway_body_timeout_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                chunk = await request.content.read(min(1 << 16, limit + 1 - size))
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408, "request_timeout", f"the request body did not arrive within {seconds:g}s"
+        ) from None
     return b"".join(chunks)
 
 

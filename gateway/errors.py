@@ -26,7 +26,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID = web.RequestKey("reelstream_request_id", str)
 #: The API key a request authenticated with (absent when the gateway is open).
 PRINCIPAL = web.RequestKey("reelstream_principal", str)
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 
 #: Error code for a bare aiohttp HTTP exception of a given status (routing, body size, ...).
 _CODES: Mapping[int, str] = {
@@ -127,7 +127,7 @@ def route_template(request: web.Request) -> str:
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: give the request an id (echoed in ``X-Request-ID``) and count it by route template."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    rid = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    rid = incoming if _REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = rid
     started = time.monotonic()
     status = 500

@@ -31,25 +31,29 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel
 
+from gateway.auth import owner_of
 from gateway.batching import GroupCommit
 from gateway.body import json_body
 from gateway.database import DatabaseUnavailable, connection
 from gateway.deps import GatewayDeps, get_deps
-from gateway.detail import (
+from gateway.errors import ApiError, json_response, not_found, request_id, validation_error
+from gateway.memory import RECENT
+from gateway.publishing import PublishFailed, gateway_event, publish
+from reelstream import callbacks, metrics, outstanding, status
+from reelstream.detail import (
     generation_path,
     load_detail,
     summary_from_row,
     valid_generation_id,
     websocket_path,
 )
-from gateway.errors import PRINCIPAL, ApiError, json_response, not_found, request_id, validation_error
-from gateway.memory import RECENT, owner_digest
-from gateway.publishing import PublishFailed, gateway_event, publish
-from reelstream import metrics, outstanding, status
+from reelstream.estimates import estimate
 from reelstream.events import derive_id, now
+from reelstream.settings import Settings
 from schemas import topics
 from schemas.api import (
     TERMINAL,
+    FieldError,
     GenerationCreated,
     GenerationDetail,
     GenerationPage,
@@ -81,9 +85,9 @@ def _idempotency_key(request: web.Request) -> str | None:
         return None
     if not 1 <= len(value) <= _IDEMPOTENCY_MAX or not value.isprintable() or not value.strip():
         raise validation_error(IDEMPOTENCY_HEADER, f"must be 1..{_IDEMPOTENCY_MAX} printable characters")
-    principal = request.get(PRINCIPAL)
-    if principal is not None:
-        return f"{hashlib.sha256(principal.encode()).hexdigest()[:16]}:{value}"
+    owner = owner_of(request)
+    if owner is not None:
+        return f"{owner[:16]}:{value}"
     return value
 
 
@@ -122,7 +126,12 @@ async def _replay(conn: asyncpg.Connection, key: str, digest: str) -> Generation
 
 
 async def _insert(
-    conn: asyncpg.Connection, generation_id: str, req: GenerationRequest, key: str | None, digest: str
+    conn: asyncpg.Connection,
+    generation_id: str,
+    req: GenerationRequest,
+    key: str | None,
+    digest: str,
+    owner: str | None,
 ) -> datetime:
     """The generation row and its idempotency key, in one transaction (both or neither)."""
     async with conn.transaction():
@@ -135,14 +144,16 @@ async def _insert(
                 key,
             )
         created_at: datetime = await conn.fetchval(
-            "INSERT INTO generations (id, status, prompt, duration_seconds, aspect_ratio, brand, options)"
-            " VALUES ($1, 'queued', $2, $3, $4, $5, $6) RETURNING created_at",
+            "INSERT INTO generations"
+            " (id, status, prompt, duration_seconds, aspect_ratio, brand, options, owner)"
+            " VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7) RETURNING created_at",
             generation_id,
             req.prompt,
             req.duration_seconds,
             req.aspect_ratio,
             req.brand.model_dump(mode="json") if req.brand is not None else None,
             req.options.model_dump(mode="json"),
+            owner,
         )
         if key is not None:
             await conn.execute(
@@ -179,7 +190,7 @@ async def _abandon(deps: GatewayDeps, generation_id: str, key: str | None, reaso
 
 
 async def _store(
-    deps: GatewayDeps, generation_id: str, req: GenerationRequest, key: str, digest: str
+    deps: GatewayDeps, generation_id: str, req: GenerationRequest, key: str, digest: str, owner: str | None
 ) -> GenerationCreated | datetime:
     """Insert the row and its key: its ``created_at``, or the generation an idempotent replay returns."""
     async with connection(deps) as conn:
@@ -188,7 +199,7 @@ async def _store(
             if replayed is not None:
                 return replayed
             try:
-                return await _insert(conn, generation_id, req, key, digest)
+                return await _insert(conn, generation_id, req, key, digest, owner)
             except asyncpg.UniqueViolationError:
                 continue  # a concurrent request with the same key won the race: answer with its generation
     raise ApiError(409, "conflict", f"this {IDEMPOTENCY_HEADER} is being used concurrently; retry")
@@ -200,25 +211,27 @@ class NewRow:
 
     generation_id: str
     request: GenerationRequest
+    #: Fingerprint of the API key that ordered it (:func:`gateway.auth.owner_of`).
+    owner: str | None = None
 
 
 _INSERT_ROWS = (
-    "INSERT INTO generations (id, status, prompt, duration_seconds, aspect_ratio, brand, options)"
-    " SELECT r.id, 'queued', r.prompt, r.duration, r.aspect, r.brand::jsonb, r.options::jsonb"
-    " FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[])"
-    " AS r(id, prompt, duration, aspect, brand, options)"
+    "INSERT INTO generations (id, status, prompt, duration_seconds, aspect_ratio, brand, options, owner)"
+    " SELECT r.id, 'queued', r.prompt, r.duration, r.aspect, r.brand::jsonb, r.options::jsonb, r.owner"
+    " FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[])"
+    " AS r(id, prompt, duration, aspect, brand, options, owner)"
     " RETURNING id, created_at"
 )
 
 
 async def insert_rows(deps: GatewayDeps, rows: Sequence[NewRow]) -> list[datetime]:
     """Insert ``rows`` in one statement (all or none); their ``created_at``, in order."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
     for row in rows:
         req = row.request
         brand = req.brand.model_dump_json() if req.brand is not None else None
         values = (row.generation_id, req.prompt, req.duration_seconds, req.aspect_ratio, brand)
-        for column, value in zip(columns, (*values, req.options.model_dump_json()), strict=True):
+        for column, value in zip(columns, (*values, req.options.model_dump_json(), row.owner), strict=True):
             column.append(value)
     async with connection(deps) as conn:
         records = await conn.fetch(_INSERT_ROWS, *columns)
@@ -234,19 +247,51 @@ def row_writer(deps: GatewayDeps) -> GroupCommit[NewRow, datetime]:
 ROWS: web.AppKey[GroupCommit[NewRow, datetime]] = web.AppKey("reelstream_generation_rows", GroupCommit)
 
 
+def check_budget(req: GenerationRequest, settings: Settings) -> None:
+    """422 ``budget_exceeded`` when the estimate is above ``options.max_cost_usd``: nothing is ordered."""
+    ceiling = req.options.max_cost_usd
+    if ceiling is None:
+        return
+    quote = estimate(req, settings)
+    if quote.estimated_cost_usd > ceiling:
+        message = (
+            f"the estimate is ${quote.estimated_cost_usd:.4f} ({len(quote.clips)} clips on {quote.model}),"
+            f" above options.max_cost_usd ${ceiling:.4f}"
+        )
+        raise ApiError(
+            422,
+            "budget_exceeded",
+            message,
+            details=[FieldError(field="options.max_cost_usd", message=message)],
+        )
+
+
+async def check_callback_url(req: GenerationRequest, settings: Settings) -> None:
+    """422 naming ``options.callback_url`` when callbacks could not be sent there (see the contract)."""
+    url = req.options.callback_url
+    if url is None:
+        return
+    problem = await callbacks.url_problem(url, allow_private=settings.storage_allow_private_urls)
+    if problem is not None:
+        raise validation_error("options.callback_url", problem)
+
+
 @routes.post("/api/v1/generations")
 async def create_generation(request: web.Request) -> web.Response:
     deps = get_deps(request)
     key = _idempotency_key(request)
     req = await json_body(request, GenerationRequest)
+    await check_callback_url(req, deps.settings)
+    check_budget(req, deps.settings)
+    owner = owner_of(request)
     generation_id = "gen_" + uuid.uuid4().hex
     inserted = True
     stored: GenerationCreated | datetime
     try:
         if key is None:
-            stored = await request.app[ROWS].submit(NewRow(generation_id, req))
+            stored = await request.app[ROWS].submit(NewRow(generation_id, req, owner))
         else:
-            stored = await _store(deps, generation_id, req, key, request_hash(req))
+            stored = await _store(deps, generation_id, req, key, request_hash(req), owner)
     except DatabaseUnavailable as exc:
         if key is not None:
             raise  # the key cannot be checked: 503, the client retries with the same key
@@ -259,7 +304,7 @@ async def create_generation(request: web.Request) -> web.Response:
 
     event = gateway_event(
         topics.GENERATION_REQUESTED,
-        GenerationRequested(generation_id=generation_id, request=req, requested_at=created_at),
+        GenerationRequested(generation_id=generation_id, request=req, requested_at=created_at, owner=owner),
         subject=generation_id,
         event_id=derive_id(generation_id, "gateway", topics.GENERATION_REQUESTED),
     )
@@ -270,7 +315,7 @@ async def create_generation(request: web.Request) -> web.Response:
         if inserted:
             await _abandon(deps, generation_id, key, str(exc))
         raise ApiError(503, "unavailable", "the job queue is unavailable; retry later") from None
-    request.app[RECENT].accepted(generation_id, req, created_at, owner_digest(request))
+    request.app[RECENT].accepted(generation_id, req, created_at, owner)
     log.info("generation %s requested (request %s)", generation_id, request_id(request))
     return json_response(
         _created(generation_id, "queued", created_at),
@@ -335,11 +380,13 @@ async def list_generations(request: web.Request) -> web.Response:
             " FROM generations"
             " WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))"
             " AND ($2::timestamptz IS NULL OR (created_at, id) < ($2::timestamptz, $3::text))"
+            " AND ($5::text IS NULL OR owner = $5)"
             " ORDER BY created_at DESC, id DESC LIMIT $4",
             wanted,
             after[0],
             after[1],
             limit + 1,
+            owner_of(request),
         )
     page = rows[:limit]
     more = len(rows) > limit
@@ -350,11 +397,11 @@ async def list_generations(request: web.Request) -> web.Response:
 # -- read ----------------------------------------------------------------------------------------------
 
 
-async def detail_or_404(deps: GatewayDeps, generation_id: str) -> GenerationDetail:
+async def detail_or_404(deps: GatewayDeps, generation_id: str, owner: str | None) -> GenerationDetail:
     if not valid_generation_id(generation_id):
         raise not_found(f"no generation {generation_id[:80]!r}")
     async with connection(deps) as conn:
-        detail = await load_detail(conn, generation_id)
+        detail = await load_detail(conn, generation_id, owner=owner, settings=deps.settings)
     if detail is None:
         raise not_found(f"no generation {generation_id}")
     return detail
@@ -364,7 +411,7 @@ def _remembered(request: web.Request, generation_id: str) -> GenerationDetail | 
     """This gateway's memory of the generation (see :mod:`gateway.memory`), if the caller may see it."""
     return request.app[RECENT].detail(
         generation_id,
-        caller=owner_digest(request),
+        caller=owner_of(request),
         keys_required=bool(get_deps(request).settings.api_key_set),
     )
 
@@ -375,9 +422,10 @@ async def read_detail(request: web.Request, generation_id: str) -> GenerationDet
     Memory answers when Postgres cannot (never seen either: :class:`DatabaseUnavailable` goes up), and
     when Postgres has no row yet for an order accepted while it was away (intake inserts it shortly).
     """
+    deps = get_deps(request)
     try:
-        async with connection(get_deps(request)) as conn:
-            detail = await load_detail(conn, generation_id)
+        async with connection(deps) as conn:
+            detail = await load_detail(conn, generation_id, owner=owner_of(request), settings=deps.settings)
     except DatabaseUnavailable:
         detail = _remembered(request, generation_id)
         if detail is None:
@@ -419,8 +467,12 @@ async def cancel_generation(request: web.Request) -> web.Response:
         raise not_found(f"no generation {generation_id[:80]!r}")
     collected = _Collector()
     async with connection(deps) as conn, conn.transaction():
-        current = await status.current(conn, generation_id)  # locks the row until commit
-        if current is None and request.app[RECENT].waiting_for_row(generation_id):
+        current = await status.current(conn, generation_id, owner=owner_of(request))  # locks the row
+        if (
+            current is None
+            and request.app[RECENT].waiting_for_row(generation_id)
+            and _remembered(request, generation_id) is not None
+        ):
             # Accepted while the database was away; intake has not written its row yet.
             raise DatabaseUnavailable("the generation is not recorded yet")
         if current is None:
@@ -461,6 +513,6 @@ async def cancel_generation(request: web.Request) -> web.Response:
     ]
     if deps.provider is not None:  # best effort: one we fail to cancel ends on its own, ignored
         await outstanding.cancel_predictions(deps.provider, generation_id, predictions)
-    detail = await detail_or_404(deps, generation_id)
+    detail = await detail_or_404(deps, generation_id, owner_of(request))
     log.info("generation %s canceled (request %s)", generation_id, request_id(request))
     return json_response(detail, status=202)

@@ -12,14 +12,12 @@ Bounded: a least-recently-used map of ``gateway_memory_size`` ids. Postgres stay
 this is only ever read when Postgres cannot answer (or does not have the row yet).
 """
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
 from aiohttp import web
 
-from gateway.errors import PRINCIPAL
 from schemas.api import TERMINAL, GenerationDetail, GenerationRequest, Progress, status_rank
 from schemas.events import GenerationRequested, GenerationStatusChanged
 
@@ -34,7 +32,7 @@ class Known:
 
     request_json: bytes | None = None
     created_at: datetime | None = None
-    #: Digest of the API key that created it here; None when unknown (seen on the topic) or keyless.
+    #: Fingerprint of the API key that created it (``gateway.auth.owner_of``); None when keyless.
     owner: str | None = None
     status: GenerationStatusChanged | None = None
 
@@ -46,12 +44,6 @@ class Known:
 
     def remember(self, request: GenerationRequest) -> None:
         self.request_json = request.model_dump_json().encode()
-
-
-def owner_digest(request: web.Request) -> str | None:
-    """Who is asking, as a digest (never the key itself); None when the gateway is open."""
-    principal = request.get(PRINCIPAL)
-    return hashlib.sha256(principal.encode()).hexdigest()[:16] if principal is not None else None
 
 
 def _moves_forward(old: GenerationStatusChanged | None, new: GenerationStatusChanged) -> bool:
@@ -106,7 +98,7 @@ class RecentGenerations:
         known = self._entry(event.generation_id)
         if known.request_json is None:
             known.remember(event.request)
-            known.created_at = event.requested_at
+            known.created_at, known.owner = event.requested_at, event.owner
 
     def status_seen(self, event: GenerationStatusChanged) -> None:
         if self.capacity <= 0:
@@ -125,8 +117,9 @@ class RecentGenerations:
     ) -> GenerationDetail | None:
         """The detail from memory, or None when the request is unknown or may not be shown to ``caller``.
 
-        With API keys configured only the key that created it here may read it: a request seen on the
-        topic carries no owner, so it is not shown rather than shown to the wrong client.
+        With API keys configured only the key that created it may read it (the request on the topic
+        carries its owner's fingerprint); one without an owner is not shown rather than shown to the
+        wrong client.
         """
         known = self._items.get(generation_id)
         if known is None or known.request_json is None or known.created_at is None:

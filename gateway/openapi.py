@@ -80,9 +80,12 @@ def _document(
         "400": _error("`invalid_json`: the body is not JSON"),
         "413": _error("`payload_too_large`: the body is over 64 KiB"),
         "415": _error("`unsupported_media_type`: Content-Type is not application/json"),
-        "422": _error("`validation_error`: `details` names every bad field"),
+        "422": _error(
+            "`validation_error`: `details` names every bad field; `budget_exceeded` (create only): the"
+            " estimate is above `options.max_cost_usd`"
+        ),
     }
-    not_found = {"404": _error("`not_found`: unknown or malformed id")}
+    not_found = {"404": _error("`not_found`: unknown or malformed id, or another API key's generation")}
     db_down = {"503": _error("`unavailable`: the database is unavailable; retry after `Retry-After` seconds")}
     request_body = {"required": True, "content": _json(inp(GenerationRequest))}
     paths: dict[str, Any] = {
@@ -163,6 +166,7 @@ def _document(
                     "202": {"description": "Canceled", "content": _json(out(GenerationDetail))},
                     **not_found,
                     "409": _error("`conflict`: the generation has already ended"),
+                    "403": _error("`forbidden`: a cross-site request (form content type, foreign Origin)"),
                     **auth_errors,
                     **db_down,
                 },

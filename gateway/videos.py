@@ -1,5 +1,7 @@
 """Serving stored media: the final MP4, each clip's MP4 and the thumbnail.
 
+Another API key's generation is answered 404, like one that does not exist.
+
 Storage keys are built only from ids that matched their patterns (``reelstream.storage`` refuses
 anything else), never from the request path, so no request can name a file of its choosing. Local
 files are streamed with Range support (players seek with it); remote storage answers with a 302 to a
@@ -13,11 +15,12 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
+from gateway.auth import owner_of
 from gateway.database import connection
 from gateway.deps import get_deps
-from gateway.detail import valid_clip_id, valid_generation_id
 from gateway.errors import not_found
 from reelstream import storage
+from reelstream.detail import valid_clip_id, valid_generation_id
 from reelstream.storage import Storage
 
 routes = web.RouteTableDef()
@@ -48,7 +51,11 @@ async def _generation_status(request: web.Request, generation_id: str) -> str:
     if not valid_generation_id(generation_id):
         raise not_found(f"no generation {generation_id[:80]!r}")
     async with connection(get_deps(request)) as conn:
-        value: str | None = await conn.fetchval("SELECT status FROM generations WHERE id = $1", generation_id)
+        value: str | None = await conn.fetchval(
+            "SELECT status FROM generations WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+            generation_id,
+            owner_of(request),
+        )
     if value is None:
         raise not_found(f"no generation {generation_id}")
     return value
@@ -86,9 +93,11 @@ async def clip_video(request: web.Request) -> web.StreamResponse:
         raise not_found("no such clip")
     async with connection(get_deps(request)) as conn:
         stored = await conn.fetchval(
-            "SELECT storage_key IS NOT NULL FROM clips WHERE generation_id = $1 AND clip_id = $2",
+            "SELECT c.storage_key IS NOT NULL FROM clips c JOIN generations g ON g.id = c.generation_id"
+            " WHERE c.generation_id = $1 AND c.clip_id = $2 AND ($3::text IS NULL OR g.owner = $3)",
             generation_id,
             clip_id,
+            owner_of(request),
         )
     if not stored:
         raise not_found(f"clip {clip_id} of {generation_id} has no video yet")

@@ -49,7 +49,7 @@ routes = web.RouteTableDef()
 
 WEBHOOK_BODY_LIMIT = 1024 * 1024
 _SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
-_OUTPUT_NAME_RE = re.compile(r"^[a-z0-9_]{1,64}\.mp4$")
+_OUTPUT_NAME_RE = re.compile(r"^[a-z0-9_]{1,64}\.mp4\Z")
 #: Bound on one cancel of a prediction that is not ours; it runs off the request path.
 UNTRUSTED_CANCEL_TIMEOUT_SECONDS = 10.0
 #: Cancels in flight at most: a flood of strangers' webhooks cannot pile up tasks.
@@ -306,7 +306,7 @@ async def replicate_webhook(request: web.Request) -> web.Response:
 async def provider_output(request: web.Request) -> web.StreamResponse:
     """The local provider's renders, fetched by completion over HTTP exactly like Replicate outputs."""
     name = request.match_info["name"]
-    if not _OUTPUT_NAME_RE.match(name):
+    if not _OUTPUT_NAME_RE.fullmatch(name):
         raise not_found("no such output")
     path = get_deps(request).settings.data_dir / "provider" / name
     if not await asyncio.to_thread(path.is_file):

@@ -41,12 +41,12 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from gateway.database import DatabaseUnavailable, connection
-from gateway.deps import DEPS, GatewayDeps
-from gateway.detail import load_clips_of, valid_generation_id
-from gateway.errors import request_id
+from gateway.deps import DEPS, GatewayDeps, get_deps
+from gateway.errors import ApiError, request_id
 from gateway.generations import read_detail
 from gateway.memory import RECENT, RecentGenerations
 from reelstream import metrics
+from reelstream.detail import load_clips_of, valid_generation_id
 from reelstream.events import decode
 from schemas import topics
 from schemas.api import (
@@ -535,6 +535,12 @@ async def _pump(ws: web.WebSocketResponse, sub: Subscriber, reader: "asyncio.Tas
 @routes.get("/ws/generations/{generation_id}")
 async def generation_socket(request: web.Request) -> web.WebSocketResponse:
     generation_id = request.match_info["generation_id"]
+    cap = get_deps(request).settings.gateway_max_websockets
+    if len(request.app[SOCKETS]) >= cap:
+        # Before the upgrade, so it is a plain 503 a client can back off from, not a dropped socket.
+        raise ApiError(
+            503, "unavailable", f"more than {cap} WebSockets open; retry later", headers={"Retry-After": "5"}
+        )
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS)
     await ws.prepare(request)
     if not valid_generation_id(generation_id):

@@ -311,6 +311,17 @@ def migrate() -> None:
     print(json.dumps({"applied": applied}))
 
 
+@app.command("callback-secret")
+def callback_secret() -> None:
+    """Print the secret that signs outbound callbacks (REELSTREAM_CALLBACK_SECRET, else the data dir's).
+
+    Receivers verify ``webhook-signature`` with it (any Standard Webhooks library).
+    """
+    from reelstream import callbacks
+
+    typer.echo(callbacks.callback_secret(Settings()))
+
+
 @app.command()
 def generate(
     prompt: str,

@@ -18,18 +18,43 @@ LOCAL_MODEL = "local"
 
 @dataclass(frozen=True)
 class ModelCost:
-    """Rough per-clip wall time and price of one model (Replicate's public pricing, 480p)."""
+    """Rough compute time of one clip on a model (what an estimate multiplies by the model's price)."""
 
     seconds_per_clip: float
-    usd_per_clip: float
 
 
 MODEL_COSTS: dict[str, ModelCost] = {
-    "wan-video/wan-2.2-t2v-fast": ModelCost(seconds_per_clip=30.0, usd_per_clip=0.05),
-    LOCAL_MODEL: ModelCost(seconds_per_clip=1.0, usd_per_clip=0.0),
+    "wan-video/wan-2.2-t2v-fast": ModelCost(seconds_per_clip=30.0),
+    "wan-video/wan-2.1-t2v-480p": ModelCost(seconds_per_clip=90.0),
+    "wan-video/wan-2.1-t2v-720p": ModelCost(seconds_per_clip=180.0),
+    LOCAL_MODEL: ModelCost(seconds_per_clip=1.0),
 }
 #: For a model not in the table: a conservative guess rather than a refusal.
-UNKNOWN_MODEL_COST = ModelCost(seconds_per_clip=60.0, usd_per_clip=0.10)
+UNKNOWN_MODEL_COST = ModelCost(seconds_per_clip=60.0)
+
+#: USD per second of provider compute (Replicate's ``metrics.predict_time``): Replicate's H100 rate
+#: ($0.001525/s) for the Wan models; the local renderer is free. ``REELSTREAM_MODEL_PRICES`` (a JSON
+#: object, model → USD per second) overrides or adds to these.
+DEFAULT_PRICES_PER_SECOND: dict[str, float] = {
+    "wan-video/wan-2.2-t2v-fast": 0.001525,
+    "wan-video/wan-2.1-t2v-480p": 0.001525,
+    "wan-video/wan-2.1-t2v-720p": 0.001525,
+    LOCAL_MODEL: 0.0,
+}
+#: For a model without a price: the dearest default, so a budget errs on the side of refusing.
+UNKNOWN_PRICE_PER_SECOND = 0.001525
+
+
+def price_per_second(model: str, settings: Settings) -> float:
+    """What one second of ``model``'s compute costs, in USD (settings first, then the defaults)."""
+    prices = {**DEFAULT_PRICES_PER_SECOND, **settings.model_prices}
+    return prices.get(model, UNKNOWN_PRICE_PER_SECOND)
+
+
+def actual_cost(compute_seconds: float, settings: Settings) -> float:
+    """The price of compute already spent (``predict_time`` summed) on the configured model."""
+    return round(compute_seconds * price_per_second(configured_model(settings), settings), 4)
+
 
 _DESCRIPTIONS: dict[SceneKind, str] = {
     "intro": "Opening hook that introduces the subject",
@@ -76,13 +101,13 @@ def configured_model(settings: Settings) -> str:
 def estimate(request: GenerationRequest, settings: Settings) -> Estimate:
     model = configured_model(settings)
     scenes, clips = plan(request, clip_seconds=settings.clip_seconds)
-    cost = MODEL_COSTS.get(model, UNKNOWN_MODEL_COST)
+    seconds = len(clips) * MODEL_COSTS.get(model, UNKNOWN_MODEL_COST).seconds_per_clip
     return Estimate(
         duration_seconds=request.duration_seconds,
         aspect_ratio=request.aspect_ratio,
         model=model,
         scenes=scenes,
         clips=clips,
-        estimated_compute_seconds=round(len(clips) * cost.seconds_per_clip, 3),
-        estimated_cost_usd=round(len(clips) * cost.usd_per_clip, 4),
+        estimated_compute_seconds=round(seconds, 3),
+        estimated_cost_usd=round(seconds * price_per_second(model, settings), 4),
     )

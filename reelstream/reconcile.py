@@ -113,7 +113,12 @@ def rebuild_requested(row: asyncpg.Record) -> CloudEvent:
     generation_id: str = row["id"]
     return make_event(
         topics.GENERATION_REQUESTED,
-        GenerationRequested(generation_id=generation_id, request=request, requested_at=row["created_at"]),
+        GenerationRequested(
+            generation_id=generation_id,
+            request=request,
+            requested_at=row["created_at"],
+            owner=row.get("owner"),
+        ),
         source=GATEWAY_SOURCE,
         subject=generation_id,
         event_id=requested_event_id(generation_id, row["attempt"]),
@@ -123,8 +128,8 @@ def rebuild_requested(row: asyncpg.Record) -> CloudEvent:
 async def plan(conn: asyncpg.Connection, generation_id: str) -> Plan | None:
     """What to re-publish for ``generation_id``; None when it is unknown or terminal (never revived)."""
     row = await conn.fetchrow(
-        "SELECT id, status, attempt, prompt, duration_seconds, aspect_ratio, brand, options, created_at"
-        " FROM generations WHERE id = $1",
+        "SELECT id, status, attempt, prompt, duration_seconds, aspect_ratio, brand, options, created_at,"
+        " owner FROM generations WHERE id = $1",
         generation_id,
     )
     if row is None or row["status"] in TERMINAL:

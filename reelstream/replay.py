@@ -86,7 +86,7 @@ def parse_time(value: str) -> datetime:
 
 def check_generation_id(value: str) -> str:
     """``gen_`` and 32 lowercase hex digits, as the gateway issues them; ValueError otherwise."""
-    if not GENERATION_ID_RE.match(value):
+    if not GENERATION_ID_RE.fullmatch(value):
         raise ValueError(f"not a generation id: {value[:80]!r} (expected gen_ and 32 hex digits)")
     return value
 

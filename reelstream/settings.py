@@ -52,6 +52,16 @@ class Settings(BaseSettings):
 
     api_keys: str | None = None
     rate_limit_per_minute: int = 120
+    #: USD per second of provider compute, by model (JSON object), over ``reelstream.estimates``' defaults.
+    model_prices: dict[str, float] = Field(default_factory=dict)
+    #: ``whsec_...`` secret that signs outbound callbacks; unset: ``{data dir}/callback_secret``.
+    callback_secret: SecretStr | None = None
+    #: How often undelivered callbacks are looked for (a due retry waits at most this much longer).
+    callback_poll_seconds: float = Field(default=2.0, gt=0)
+    #: How long a callback keeps being retried before it is given up.
+    callback_retry_hours: float = Field(default=24.0, gt=0)
+    #: The first retry's wait; each next one doubles it (at most an hour).
+    callback_retry_base_seconds: float = Field(default=5.0, gt=0)
 
     #: Wan renders 81 frames at 16 fps: one clip covers at most ~5 s.
     clip_seconds: float = 5.0
@@ -81,6 +91,10 @@ class Settings(BaseSettings):
     gateway_retry_after_seconds: int = Field(default=5, ge=1)
     #: Generations the gateway remembers (LRU) to answer reads while Postgres is unreachable.
     gateway_memory_size: int = Field(default=4096, ge=0)
+    #: WebSockets one gateway keeps open at most; past it a new one is answered 503 before the upgrade.
+    gateway_max_websockets: int = Field(default=10_000, ge=1)
+    #: How long a request body may take to arrive (a trickling client is answered 408).
+    gateway_body_timeout_seconds: float = Field(default=30.0, gt=0)
 
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
@@ -99,6 +113,7 @@ class Settings(BaseSettings):
         "s3_bucket",
         "s3_endpoint_url",
         "api_keys",
+        "callback_secret",
         mode="before",
     )
     @classmethod

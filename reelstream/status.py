@@ -59,10 +59,15 @@ async def progress(conn: asyncpg.Connection, generation_id: str, status: str | N
     return _progress(status or row["status"], row)
 
 
-async def current(conn: asyncpg.Connection, generation_id: str) -> str | None:
-    """The generation's status, locking its row for the rest of the transaction."""
+async def current(conn: asyncpg.Connection, generation_id: str, *, owner: str | None = None) -> str | None:
+    """The generation's status, locking its row for the rest of the transaction.
+
+    ``owner``: only if it belongs to that API key fingerprint (None: whoever owns it).
+    """
     value: str | None = await conn.fetchval(
-        "SELECT status FROM generations WHERE id = $1 FOR UPDATE", generation_id
+        "SELECT status FROM generations WHERE id = $1 AND ($2::text IS NULL OR owner = $2) FOR UPDATE",
+        generation_id,
+        owner,
     )
     return value
 
@@ -105,6 +110,8 @@ async def set_status(
     )
     if row is None:
         return False
+    if status in TERMINAL:
+        await record_callback(conn, generation_id, status)
     emit(
         topics.GENERATION_STATUS,
         GenerationStatusChanged(
@@ -112,6 +119,23 @@ async def set_status(
         ),
     )
     return True
+
+
+async def record_callback(conn: asyncpg.Connection, generation_id: str, status: str) -> None:
+    """The outbound callback of this ending, if the order asked for one (``options.callback_url``).
+
+    Written in the transaction that ends the generation, so the ending and its callback commit together
+    and a restart cannot lose it; ``reelstream.callbacks`` delivers it. One per ending of an attempt
+    (its ``webhook_id`` is derived from both, and stays the same on every retry).
+    """
+    await conn.execute(
+        "INSERT INTO callbacks (webhook_id, generation_id, event, url)"
+        " SELECT 'msg_' || substr(id, 5) || '_' || attempt, id, $2, options->>'callback_url'"
+        " FROM generations WHERE id = $1 AND options->>'callback_url' IS NOT NULL"
+        " ON CONFLICT (webhook_id) DO NOTHING",
+        generation_id,
+        f"generation.{status}",
+    )
 
 
 async def announce_progress(ctx: "Context[Any]") -> None:

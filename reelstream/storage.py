@@ -20,7 +20,9 @@ import aiohttp
 from aiohttp.abc import ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-_KEY_RE = re.compile(r"^generations/gen_[0-9a-f]{32}/(clips/clip_[0-9]{2,3}\.mp4|final\.mp4|thumbnail\.jpg)$")
+_KEY_RE = re.compile(
+    r"^generations/gen_[0-9a-f]{32}/(clips/clip_[0-9]{2,3}\.mp4|final\.mp4|thumbnail\.jpg)\Z"
+)
 
 
 class StorageError(Exception):
@@ -48,7 +50,7 @@ def thumbnail_key(generation_id: str) -> str:
 
 
 def _checked(key: str) -> str:
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise StorageError(f"refusing storage key {key!r}")
     return key
 
@@ -113,22 +115,55 @@ MAX_REDIRECTS = 5
 _TIMEOUT = aiohttp.ClientTimeout(total=600, sock_connect=15, sock_read=60)
 
 
+#: The NAT64 well-known prefix (RFC 6052): the last 32 bits are the IPv4 address reached.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: Local-use NAT64 (RFC 8215): an operator's own translator, its embedding not ours to decode.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, NAT64, IPv4-compatible), else None."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64 or int(ip) >> 32 == 0:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Globally routable unicast. ``is_global`` alone lets multicast through (224.0.1.0/24 is "global")."""
+    if isinstance(ip, ipaddress.IPv6Address) and (ip.is_site_local or ip in _LOCAL_NAT64):
+        return False
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
 def _forbidden(address: str) -> bool:
-    """True for addresses a fetch of a user-influenced URL must never reach (SSRF)."""
+    """True for addresses a fetch of a user-influenced URL must never reach (SSRF).
+
+    Anything not globally routable: private, loopback, link-local, shared address space (100.64.0.0/10,
+    where cloud metadata services live), documentation, benchmarking, reserved, multicast. An IPv6
+    address that carries an IPv4 one is judged by that IPv4 address too: IPv4-mapped, NAT64
+    (64:ff9b::/96; the local-use 64:ff9b:1::/48 is refused) and 6to4 (2002::/16, whose relay would
+    deliver to the embedded address, say 2002:7f00:1:: → 127.0.0.1).
+    """
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return True
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_v4(ip)
+        if embedded is not None:
+            return not _public(embedded)
+        if ip.sixtofour is not None and not _public(ip.sixtofour):
+            return True
+        if ip.teredo is not None:
+            return True  # a tunnel to an address we cannot judge from here
+    return not _public(ip)
+
+
+def public_address(address: str) -> bool:
+    """Whether ``address`` (an IP literal) is globally routable: what the SSRF guard lets through."""
+    return not _forbidden(address)
 
 
 async def check_url(url: str, *, allow_private: bool) -> None:
@@ -148,7 +183,7 @@ async def check_url(url: str, *, allow_private: bool) -> None:
         raise StorageError(f"refusing to fetch {parts.hostname!r}: it resolves to a non-public address")
 
 
-class _PublicOnlyResolver(ThreadedResolver):
+class PublicOnlyResolver(ThreadedResolver):
     """Re-checks at connect time what :func:`check_url` checked, so DNS rebinding cannot slip past it."""
 
     async def resolve(
@@ -163,7 +198,7 @@ class _PublicOnlyResolver(ThreadedResolver):
 @asynccontextmanager
 async def open_url(url: str, *, allow_private: bool) -> AsyncIterator[aiohttp.ClientResponse]:
     """GET an http(s) URL with the SSRF guard; redirects are followed by hand, each hop checked."""
-    connector = aiohttp.TCPConnector(resolver=None if allow_private else _PublicOnlyResolver())
+    connector = aiohttp.TCPConnector(resolver=None if allow_private else PublicOnlyResolver())
     async with aiohttp.ClientSession(timeout=_TIMEOUT, connector=connector) as session:
         for _ in range(MAX_REDIRECTS + 1):
             await check_url(url, allow_private=allow_private)

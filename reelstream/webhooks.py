@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -24,6 +25,35 @@ class InvalidWebhook(Exception):
     """Missing, malformed, forged or stale signature."""
 
 
+def new_secret() -> str:
+    """A fresh Standard Webhooks secret (``whsec_`` + base64 of 32 random bytes)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_file(path: Path) -> str:
+    """The secret stored at ``path``, created once (mode 0600 from the first byte) if it is not there.
+
+    The file is written under a temporary name opened with ``O_CREAT | O_EXCL`` and mode 0600, so there
+    is no moment at which another user could read it (a chmod after writing leaves such a window); it
+    is then hard-linked into place, which is atomic and refuses to overwrite, so concurrent first starts
+    agree on one secret.
+    """
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(new_secret())
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
 def local_secret(settings: Settings) -> str:
     """The secret of the local provider: from settings, else created once under the data dir.
 
@@ -31,21 +61,7 @@ def local_secret(settings: Settings) -> str:
     """
     if settings.replicate_webhook_secret is not None and settings.replicate_api_token is None:
         return settings.replicate_webhook_secret.get_secret_value()
-    path = settings.data_dir / "webhook_secret"
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    tmp = path.with_name(f".webhook_secret.{secrets.token_hex(6)}")
-    tmp.write_text(secret)
-    tmp.chmod(0o600)
-    try:
-        os.link(tmp, path)  # atomic and refuses to overwrite: concurrent first starts agree on one secret
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return path.read_text().strip()
+    return secret_file(settings.data_dir / "webhook_secret")
 
 
 class SecretSource:

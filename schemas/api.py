@@ -43,8 +43,9 @@ STATUS_ORDER: tuple[GenerationStatus, ...] = (
 )
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "canceled"})
 
-GENERATION_ID_RE = re.compile(r"^gen_[0-9a-f]{32}$")
-CLIP_ID_RE = re.compile(r"^clip_[0-9]{2,3}$")
+#: Ids are matched whole (``fullmatch``; ``\Z``, because ``$`` would also accept a trailing newline).
+GENERATION_ID_RE = re.compile(r"^gen_[0-9a-f]{32}\Z")
+CLIP_ID_RE = re.compile(r"^clip_[0-9]{2,3}\Z")
 
 
 def status_rank(status: str) -> int:
@@ -54,24 +55,49 @@ def status_rank(status: str) -> int:
     return STATUS_ORDER.index(status)  # type: ignore[arg-type,unused-ignore]
 
 
+def _is_control(ch: str) -> bool:
+    """C0, DEL and C1 controls: NUL and friends break Postgres jsonb, logs and terminals downstream."""
+    code = ord(ch)
+    return code < 32 or 127 <= code < 160
+
+
 def _no_control_chars(value: str) -> str:
-    if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
+    """Free text (prompt, descriptions, guidelines): line breaks and tabs allowed, no other control."""
+    if any(_is_control(ch) and ch not in "\n\r\t" for ch in value):
         raise ValueError("must not contain control characters")
     return value
 
 
+def _single_line(value: str) -> str:
+    """Names, fonts, CTA, URLs: no control character at all, not even a line break."""
+    if any(_is_control(ch) for ch in value):
+        raise ValueError("must not contain control characters (nor line breaks or tabs)")
+    return value
+
+
 def _http_url(value: str) -> str:
-    if not re.match(r"^https?://[^\s/$.?#][^\s]*$", value):
+    if not re.fullmatch(r"https?://[^\s/$.?#][^\s]*", value):
         raise ValueError("must be an http(s) URL")
     return value
 
 
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+#: One line of text: a name, a font, a tone.
+Line = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_single_line)
+]
+#: A short piece of free text (a guideline): may hold line breaks and tabs.
+ShortText = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_control_chars),
+]
 LongText = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=1000), AfterValidator(_no_control_chars)
 ]
 HexColor = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
-Url = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_http_url)]
+Url = Annotated[
+    str, StringConstraints(max_length=2000), AfterValidator(_single_line), AfterValidator(_http_url)
+]
 
 
 class Input(BaseModel):
@@ -83,17 +109,24 @@ class Input(BaseModel):
 class Guidelines(Input):
     do: list[ShortText] = Field(default_factory=list, max_length=20)
     dont: list[ShortText] = Field(default_factory=list, max_length=50)
-    required_disclaimer: Annotated[str, StringConstraints(min_length=1, max_length=300)] | None = None
+    required_disclaimer: (
+        Annotated[str, StringConstraints(min_length=1, max_length=300), AfterValidator(_no_control_chars)]
+        | None
+    ) = None
 
 
 class Brand(Input):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    name: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+        AfterValidator(_single_line),
+    ]
     colors: list[HexColor] = Field(default_factory=list, max_length=8)
-    fonts: list[Annotated[str, StringConstraints(min_length=1, max_length=60)]] = Field(
-        default_factory=list, max_length=4
-    )
-    tone: ShortText | None = None
-    tagline: ShortText | None = None
+    fonts: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=60), AfterValidator(_single_line)]
+    ] = Field(default_factory=list, max_length=4)
+    tone: Line | None = None
+    tagline: Line | None = None
     logo_url: Url | None = None
     guidelines: Guidelines = Field(default_factory=Guidelines)
 
@@ -103,9 +136,14 @@ class Options(Input):
     negative_prompt: LongText | None = None
     seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = None
     include_cta: StrictBool = True
-    cta_text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)] | None = (
-        None
-    )
+    cta_text: (
+        Annotated[
+            str,
+            StringConstraints(strip_whitespace=True, min_length=1, max_length=80),
+            AfterValidator(_single_line),
+        ]
+        | None
+    ) = None
     #: The delivery size (see ``DELIVERY_SIZES``).
     resolution: Resolution = "720p"
     #: Each scene's on-screen line burned in.
@@ -228,6 +266,28 @@ class ErrorInfo(BaseModel):
     stage: str | None = None
 
 
+class Cost(BaseModel):
+    """The estimate at the configured model's price, and once clips are rendered what they cost."""
+
+    estimated_usd: float | None = None
+    actual_usd: float | None = None
+    #: Provider compute (Replicate's ``metrics.predict_time``) summed over the clips; null until known.
+    compute_seconds: float | None = None
+
+
+CallbackEvent = Literal["generation.completed", "generation.failed", "generation.canceled"]
+
+
+class CallbackInfo(BaseModel):
+    """One outbound callback (``options.callback_url``) and how its delivery went."""
+
+    event: CallbackEvent
+    attempts: int
+    #: HTTP status of the last try; null before the first or when the receiver did not answer.
+    last_status: int | None = None
+    delivered_at: datetime | None = None
+
+
 class GenerationSummary(BaseModel):
     generation_id: str
     status: GenerationStatus
@@ -261,6 +321,8 @@ class GenerationDetail(BaseModel):
     video: Video | None = None
     error: ErrorInfo | None = None
     compute_seconds: float | None = None
+    cost: Cost | None = None
+    callbacks: list[CallbackInfo] = Field(default_factory=list)
 
 
 class EstimateClip(BaseModel):

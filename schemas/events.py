@@ -32,6 +32,8 @@ class Event(BaseModel):
 class GenerationRequested(Event):
     request: GenerationRequest
     requested_at: datetime
+    #: Fingerprint (sha256) of the API key that ordered it, never the key; None when keys are off.
+    owner: str | None = None
 
 
 class GenerationAccepted(Event):

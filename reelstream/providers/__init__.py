@@ -11,7 +11,7 @@ from reelstream.events import derive_id
 from schemas import topics
 from schemas.events import ClipSpec, Prediction
 
-_MARKER_RE = re.compile(r"^(gen_[0-9a-f]{32})\.(clip_[0-9]{2,3})\.([0-9]{1,3})$")
+_MARKER_RE = re.compile(r"^(gen_[0-9a-f]{32})\.(clip_[0-9]{2,3})\.([0-9]{1,3})\Z")
 
 
 class ProviderError(Exception):
@@ -28,7 +28,7 @@ def marker(generation_id: str, clip_id: str, attempt: int) -> str:
 
 
 def parse_marker(value: str) -> tuple[str, str, int] | None:
-    match = _MARKER_RE.match(value)
+    match = _MARKER_RE.fullmatch(value)
     if match is None:
         return None
     return match.group(1), match.group(2), int(match.group(3))

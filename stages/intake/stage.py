@@ -4,7 +4,7 @@ The gateway already wrote the row so clients never see a 404; intake makes the r
 other producer or a replay, applies the business rules the schema cannot express, and accepts.
 """
 
-from reelstream import reconcile, retention, status
+from reelstream import callbacks, reconcile, retention, status
 from reelstream.runtime import Context, Stage
 from schemas import topics
 from schemas.api import TERMINAL, GenerationRequest
@@ -29,8 +29,9 @@ def business_problems(request: GenerationRequest) -> list[str]:
 async def handle(ctx: Context[GenerationRequested]) -> None:
     request = ctx.data.request
     await ctx.conn.execute(
-        "INSERT INTO generations (id, prompt, duration_seconds, aspect_ratio, brand, options, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO generations"
+        " (id, prompt, duration_seconds, aspect_ratio, brand, options, created_at, owner)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
         ctx.generation_id,
         request.prompt,
         request.duration_seconds,
@@ -38,6 +39,7 @@ async def handle(ctx: Context[GenerationRequested]) -> None:
         request.brand.model_dump(mode="json") if request.brand else None,
         request.options.model_dump(mode="json"),
         ctx.data.requested_at,
+        ctx.data.owner,
     )
     if await status.current(ctx.conn, ctx.generation_id) in TERMINAL:
         return  # canceled before we got to it
@@ -48,11 +50,11 @@ async def handle(ctx: Context[GenerationRequested]) -> None:
     ctx.emit(topics.GENERATION_ACCEPTED, GenerationAccepted(generation_id=ctx.generation_id, request=request))
 
 
-#: The reconciler and retention run here, so that one process type runs them. Every replica may: both
-#: take their rows with SKIP LOCKED, so replicas share the work instead of doubling it.
+#: The reconciler, retention and callback delivery run here, so that one process type runs them. Every
+#: replica may: they take their rows with SKIP LOCKED, so replicas share the work instead of doubling it.
 stage = Stage(
     name="intake",
     topics=[topics.GENERATION_REQUESTED],
     handler=handle,
-    sweeps=[reconcile.sweep, retention.sweep],
+    sweeps=[reconcile.sweep, retention.sweep, callbacks.sweep],
 )

@@ -164,6 +164,11 @@ async def test_generation_completes_on_replicate_with_files_in_s3(
     clips = result["clips"]
     assert len(clips) >= 2 and all(c["status"] == "succeeded" and c["attempts"] == 1 for c in clips)
     assert result["compute_seconds"] > 0
+    # The bill: the provider's predict_time at the model's price per second (a setting; H100 by default).
+    cost = result["cost"]
+    assert cost["compute_seconds"] == pytest.approx(result["compute_seconds"], abs=1e-3)
+    assert cost["actual_usd"] == pytest.approx(result["compute_seconds"] * 0.001525, abs=1e-4)
+    assert cost["estimated_usd"] == pytest.approx(len(clips) * 30 * 0.001525, abs=1e-4)
 
     # One prediction per clip, made on the official-model endpoint with a completed-only webhook.
     created = created_for(replicate, generation_id)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest_asyncio
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from gateway_harness import Gateway, GatewayFactory, RecordingProvider, Tap
@@ -132,6 +133,7 @@ async def make_gateway(
         bootstrap: str | None = None,
         provider: RecordingProvider | None = None,
         customize: Callable[[web.Application], None] | None = None,
+        redis: aioredis.Redis | None = None,
         **settings: Any,
     ) -> Gateway:
         settings.setdefault("api_keys", None)  # whatever the environment says
@@ -147,6 +149,7 @@ async def make_gateway(
             storage=storage,
             provider=provider,
             webhook_secret=secret,
+            redis=redis,
         )
         app = create_app(deps)
         if customize is not None:

@@ -223,7 +223,7 @@ async def test_estimate_for_replicate_prices_every_clip(make_gateway: GatewayFac
     assert [s.kind for s in estimate.scenes] == ["intro", "development"]
     assert [s.duration_seconds for s in estimate.scenes] == [9, 21]
     assert len(estimate.clips) == 2 + 5  # 9 s → 2 clips of 4.5 s; 21 s → 5 clips of 4.2 s
-    assert estimate.estimated_cost_usd == pytest.approx(len(estimate.clips) * 0.05)
+    assert estimate.estimated_cost_usd == round(len(estimate.clips) * 30 * 0.001525, 4)  # H100 rate
     assert estimate.estimated_compute_seconds == pytest.approx(len(estimate.clips) * 30)
 
 

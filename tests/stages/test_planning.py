@@ -78,7 +78,7 @@ def test_clips_fit_the_provider_and_the_scene(duration: int, include_cta: bool) 
         scenes, clips, _ = plan(duration, include_cta, clip_seconds)
         assert [c.index for c in clips] == list(range(len(clips)))
         assert [c.clip_id for c in clips] == [f"clip_{i + 1:02d}" for i in range(len(clips))]
-        assert all(CLIP_ID_RE.match(c.clip_id) for c in clips)
+        assert all(CLIP_ID_RE.fullmatch(c.clip_id) for c in clips)
         assert all(0 < c.duration_seconds <= clip_seconds for c in clips)
         for scene in scenes:
             own = [c for c in clips if c.scene_id == scene.scene_id]
@@ -112,7 +112,7 @@ def test_more_than_99_clips_get_three_digit_ids() -> None:
     assert len(clips) == 120
     assert clips[98].clip_id == "clip_99"
     assert clips[99].clip_id == "clip_100"
-    assert all(CLIP_ID_RE.match(c.clip_id) for c in clips)
+    assert all(CLIP_ID_RE.fullmatch(c.clip_id) for c in clips)
 
 
 def test_descriptions_come_from_the_analysis() -> None:

@@ -9,15 +9,21 @@ from typing import Any
 
 import asyncpg
 
+from reelstream.estimates import actual_cost, estimate
+from reelstream.settings import Settings
 from reelstream.status import progress
 from schemas.api import (
     CLIP_ID_RE,
     GENERATION_ID_RE,
+    TERMINAL,
     Analysis,
     Brand,
+    CallbackInfo,
     Clip,
+    Cost,
     ErrorInfo,
     GenerationDetail,
+    GenerationRequest,
     GenerationSummary,
     Options,
     Scene,
@@ -26,11 +32,11 @@ from schemas.api import (
 
 
 def valid_generation_id(value: str) -> bool:
-    return GENERATION_ID_RE.match(value) is not None
+    return GENERATION_ID_RE.fullmatch(value) is not None
 
 
 def valid_clip_id(value: str) -> bool:
-    return CLIP_ID_RE.match(value) is not None
+    return CLIP_ID_RE.fullmatch(value) is not None
 
 
 def generation_path(generation_id: str) -> str:
@@ -115,29 +121,76 @@ _GENERATION_COLUMNS = (
 )
 
 
-async def load_detail(conn: asyncpg.Connection, generation_id: str) -> GenerationDetail | None:
-    """The full detail, or None when there is no such generation.
+async def load_callbacks(conn: asyncpg.Connection, generation_id: str) -> list[CallbackInfo]:
+    rows = await conn.fetch(
+        "SELECT event, attempts, last_status, delivered_at FROM callbacks"
+        " WHERE generation_id = $1 ORDER BY created_at, webhook_id",
+        generation_id,
+    )
+    return [CallbackInfo.model_validate(dict(r)) for r in rows]
 
+
+def cost_of(
+    request: GenerationRequest, status: str, compute_seconds: float | None, settings: Settings
+) -> Cost:
+    """The estimate at today's prices; the actual figures once the generation has ended with compute known.
+
+    ``compute_seconds`` is the sum of the clips' ``predict_time`` (the provider's billed seconds).
+    """
+    known = compute_seconds if status in TERMINAL else None
+    return Cost(
+        estimated_usd=estimate(request, settings).estimated_cost_usd,
+        actual_usd=actual_cost(known, settings) if known is not None else None,
+        compute_seconds=round(known, 3) if known is not None else None,
+    )
+
+
+async def load_detail(
+    conn: asyncpg.Connection,
+    generation_id: str,
+    *,
+    owner: str | None = None,
+    settings: Settings | None = None,
+) -> GenerationDetail | None:
+    """The full detail, or None when there is no such generation (or it is not ``owner``'s).
+
+    ``owner``: an API key's fingerprint; None reads any generation (no keys configured, or the stages).
+    ``settings``: the prices for ``cost`` (left null without them).
     Row, clips and progress are read in one repeatable-read snapshot so they agree with each other.
     """
     if not valid_generation_id(generation_id):
         return None
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         row = await conn.fetchrow(
-            f"SELECT {_GENERATION_COLUMNS} FROM generations WHERE id = $1", generation_id
+            f"SELECT {_GENERATION_COLUMNS},"
+            " (SELECT sum(predict_time) FROM clips c WHERE c.generation_id = g.id) AS clip_seconds"
+            " FROM generations g WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+            generation_id,
+            owner,
         )
         if row is None:
             return None
         clips = await load_clips(conn, generation_id)
         prog = await progress(conn, generation_id)
+        callbacks = await load_callbacks(conn, generation_id)
+    brand = Brand.model_validate(row["brand"]) if row["brand"] else None
+    options = Options.model_validate(row["options"] or {})
+    compute = row["compute_seconds"] if row["compute_seconds"] is not None else row["clip_seconds"]
+    request = GenerationRequest(
+        prompt=row["prompt"],
+        duration_seconds=row["duration_seconds"],
+        aspect_ratio=row["aspect_ratio"],
+        brand=brand,
+        options=options,
+    )
     return GenerationDetail(
         generation_id=row["id"],
         status=row["status"],
         prompt=row["prompt"],
         duration_seconds=row["duration_seconds"],
         aspect_ratio=row["aspect_ratio"],
-        brand=Brand.model_validate(row["brand"]) if row["brand"] else None,
-        options=Options.model_validate(row["options"] or {}),
+        brand=brand,
+        options=options,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         progress=prog,
@@ -147,6 +200,8 @@ async def load_detail(conn: asyncpg.Connection, generation_id: str) -> Generatio
         video=_video(generation_id, row["video"]),
         error=ErrorInfo.model_validate(row["error"]) if row["error"] else None,
         compute_seconds=row["compute_seconds"],
+        cost=cost_of(request, row["status"], compute, settings) if settings is not None else None,
+        callbacks=callbacks,
     )
 
 
