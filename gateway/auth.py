@@ -3,6 +3,7 @@
 With ``REELSTREAM_API_KEYS`` unset the gateway is open (local use). With keys set, ``/api/v1/*`` and
 ``/ws/*`` need ``Authorization: Bearer <key>`` or ``X-API-Key`` (a browser WebSocket cannot send
 headers, hence ``?api_key=`` there). The webhook route is exempt: it is authenticated by its signature.
+A browser may instead hold the session cookie of :mod:`gateway.session` (GET and HEAD only).
 
 The rate limit is an in-memory sliding window per process, keyed by API key (or remote address when
 the gateway is open). With several gateway instances the effective limit is per instance; a shared
@@ -20,6 +21,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.deps import get_deps
 from gateway.errors import PRINCIPAL, ApiError
+from gateway.session import SESSION_PATH, key_from_cookie
 
 _PUBLIC_PREFIXES = ("/api/v1/webhooks/",)
 _PROTECTED_PREFIXES = ("/api/v1/", "/ws/")
@@ -89,8 +91,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Authenticate, then rate-limit ``POST /api/v1/generations`` (an unauthenticated call costs nothing)."""
     settings = get_deps(request).settings
     keys = settings.api_key_set
-    if keys and _protected(request.path):
-        presented = _presented_key(request)
+    if keys and _protected(request.path) and request.path != SESSION_PATH:  # that route checks the key
+        presented = _presented_key(request) or key_from_cookie(request, keys)
         if presented is None or not _matches(presented, keys):
             raise ApiError(
                 401, "unauthorized", "a valid API key is required", headers={"WWW-Authenticate": "Bearer"}
