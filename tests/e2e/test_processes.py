@@ -138,6 +138,7 @@ def test_help_lists_the_contract_commands() -> None:
         "stage",
         "gateway",
         "replay",
+        "migrate",
     ):
         assert command in result.stdout, f"{command} missing from --help"
 
