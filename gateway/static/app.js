@@ -129,9 +129,18 @@ function inputFor(path) {
   return best;
 }
 
+// Plainer words for the messages people meet most; the API's own message otherwise.
+const PLAIN = {
+  "brand.colors": (m) => (m.includes("pattern") ? "use a hex colour like #0A84FF" : m),
+  "duration_seconds": (m) => (m.includes("valid integer") ? "enter a whole number of seconds" : m),
+};
+
 function describe(path, field, message) {
-  const rest = path.slice(field.length + 1);
-  return /^\d+$/.test(rest.split(".")[0]) ? `item ${Number(rest.split(".")[0]) + 1}: ${message}` : message;
+  const plain = (PLAIN[field] || ((m) => m))(message);
+  const index = path.slice(field.length + 1).split(".")[0];
+  if (!/^\d+$/.test(index)) return plain;
+  const value = field === "brand.colors" ? list($("brand-colors").value, ",")[Number(index)] : undefined;
+  return `item ${Number(index) + 1}${value ? ` ("${value}")` : ""}: ${plain}`;
 }
 
 function showErrors(err) {

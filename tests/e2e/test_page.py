@@ -7,6 +7,7 @@ cookie and the key shows up in no URL and no log line.
 """
 
 import logging
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -123,7 +124,7 @@ async def _order_watch_cancel_and_browse(browser: Any, stack: Stack, shots: Path
     await page.click("#submit-button")
     error = page.locator("#err-brand-colors")
     await error.wait_for(state="visible")
-    assert "item 2" in await error.inner_text()
+    assert await error.inner_text() == 'item 2 ("blue"): use a hex colour like #0A84FF'
     assert await page.get_attribute("#brand-colors", "aria-invalid") == "true"
     assert await page.evaluate("document.activeElement.id") == "brand-colors"
     assert await page.is_hidden("#job")
@@ -283,4 +284,6 @@ async def test_with_api_keys_media_plays_through_the_cookie(
     assert not [url for url in urls if key in url or "api_key" in url]
     lines = [record.getMessage() for record in caplog.records]
     assert any("/api/v1/generations" in line for line in lines), "the request log was not captured"
+    # The progress came over the WebSocket, opened with the cookie alone (101), not from polling.
+    assert [line for line in lines if re.match(r"GET /ws/generations/gen_[0-9a-f]{32} 101 ", line)]
     assert not [line for line in lines if key in line]
