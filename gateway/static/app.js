@@ -391,6 +391,14 @@ async function loadHistory(page = state.page || 0) {
     const when = document.createElement("time");
     when.dateTime = item.created_at;
     when.textContent = new Date(item.created_at).toLocaleString();
+    if (item.thumbnail_url && item.thumbnail_url.startsWith("/api/")) { // a gateway path: the cookie opens it
+      const thumb = document.createElement("img");
+      thumb.src = item.thumbnail_url;
+      thumb.alt = "";
+      thumb.loading = "lazy";
+      thumb.className = "thumb";
+      button.append(thumb);
+    }
     button.append(prompt, status, when);
     button.setAttribute("aria-label", `Open: ${item.prompt.slice(0, 80)}, ${item.status}`);
     button.addEventListener("click", () => openGeneration(item.generation_id));

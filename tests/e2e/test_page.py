@@ -172,6 +172,7 @@ async def _order_watch_cancel_and_browse(browser: Any, stack: Stack, shots: Path
     if detail.get("compliance"):  # present once the finishing work reports it
         assert await page.is_visible("#compliance")
     await page.screenshot(path=str(shots / "completed.png"), full_page=True)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
 
     # Cancel a long one while it runs.
     await page.fill("#prompt", "A slow pan over a quiet library, for a reading app")
