@@ -308,7 +308,10 @@ function watch(id, attempt = 0) {
     if (state.watching !== id) return;
     const msg = JSON.parse(ev.data);
     attempt = 0;
-    if (msg.type === "snapshot") renderDetail(msg.generation);
+    if (msg.type === "snapshot") {
+      renderDetail(msg.generation);
+      ended = TERMINAL.has(msg.generation.status);
+    }
     else if (msg.type === "clip") renderClip(id, msg.clip);
     else if (msg.type === "status") {
       renderProgress(msg.status, msg.progress);

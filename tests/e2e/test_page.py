@@ -143,6 +143,23 @@ async def _order_watch_cancel_and_browse(browser: Any, stack: Stack, shots: Path
     await page.wait_for_function("document.getElementById('estimate').textContent.startsWith('Estimate:')")
     assert f"{len(planned['clips'])} clips" in await page.inner_text("#estimate")
     assert await page.get_attribute("#brand-colors", "aria-invalid") is None
+    # The page's first WebSocket is dropped right after its snapshot, as a restarting gateway would:
+    # the page must reconnect and still see everything through to the end.
+    sockets: list[str] = []
+
+    async def drop_the_first(route: Any) -> None:
+        sockets.append(route.url)
+        server = route.connect_to_server()
+        if len(sockets) > 1:
+            return  # later connections pass through untouched
+
+        async def from_server(message: str | bytes) -> None:
+            route.send(message)
+            await route.close(code=1012, reason="restarting")
+
+        server.on_message(from_server)
+
+    await page.route_web_socket(re.compile(r"/ws/generations/"), drop_the_first)
     await page.click("#submit-button")
     await page.wait_for_selector("#job:not([hidden])")
     generation_id = await page.get_attribute("#job", "data-generation-id")
@@ -150,6 +167,7 @@ async def _order_watch_cancel_and_browse(browser: Any, stack: Stack, shots: Path
 
     # Live: clip cards fill in, the timeline ends at completed, the final video plays its 5 s.
     await wait_status(page, "completed")
+    assert len(sockets) >= 2, sockets  # it reconnected after the drop
     cards = page.locator("#clips li.clip")
     assert await cards.count() == len(planned["clips"])
     assert await page.locator("#clips li[data-status=succeeded]").count() == await cards.count()
