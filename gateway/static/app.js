@@ -369,17 +369,22 @@ async function loadHistory(page = state.page || 0) {
   const cursor = state.cursors[page];
   if (cursor) params.set("cursor", cursor);
   if ($("history-status").value) params.set("status", $("history-status").value);
+  const asked = (state.historyAsked = (state.historyAsked || 0) + 1);
+  const ul = $("history-list");
+  ul.setAttribute("aria-busy", "true");
   let data;
   try {
     data = await api("/api/v1/generations?" + params);
   } catch (err) {
+    if (asked !== state.historyAsked) return;
     $("history-message").textContent = err.status === 401 ? "" : err.message;
+    ul.setAttribute("aria-busy", "false");
     return;
   }
+  if (asked !== state.historyAsked) return; // a later request (another page, filter or refresh) wins
   state.cursors = state.cursors.slice(0, page + 1);
   if (data.next_cursor) state.cursors.push(data.next_cursor);
   state.page = page;
-  const ul = $("history-list");
   ul.replaceChildren();
   for (const item of data.items) {
     const li = document.createElement("li");
@@ -408,7 +413,10 @@ async function loadHistory(page = state.page || 0) {
     li.append(button);
     ul.append(li);
   }
-  $("history-message").textContent = data.items.length ? `Page ${page + 1}` : "Nothing here yet.";
+  const filter = $("history-status");
+  const shown = filter.value ? ` (${filter.options[filter.selectedIndex].text})` : "";
+  $("history-message").textContent = data.items.length ? `Page ${page + 1}${shown}` : `Nothing here yet${shown}.`;
+  ul.setAttribute("aria-busy", "false");
   $("history-newer").disabled = page === 0;
   $("history-older").disabled = !data.next_cursor;
 }

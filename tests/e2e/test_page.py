@@ -89,6 +89,15 @@ async def wait_status(page: Any, status: str) -> None:
     await page.wait_for_selector(f"#job[data-status={status}]", timeout=DONE_MS)
 
 
+async def history_shows(page: Any, message: str) -> None:
+    """Wait until the history has settled (no request in flight) on the page that says ``message``."""
+    await page.wait_for_selector("#history-list[aria-busy=false]")
+    await page.wait_for_function(
+        f"document.getElementById('history-message').textContent === {message!r}"
+        " && document.getElementById('history-list').getAttribute('aria-busy') === 'false'"
+    )
+
+
 async def api_json(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
     async with session.request(method, url, **kw) as resp:
         assert resp.status < 300, await resp.text()
@@ -215,25 +224,25 @@ async def _order_watch_cancel_and_browse(browser: Any, stack: Stack, shots: Path
             )
             await api_json(session, "POST", f"{stack.url}/api/v1/generations/{made['generation_id']}/cancel")
     await page.select_option("#history-status", "canceled")
-    await page.wait_for_function("document.getElementById('history-message').textContent === 'Page 1'")
-    await page.wait_for_function("document.querySelectorAll('#history-list li').length === 10")
+    await history_shows(page, "Page 1 (Canceled)")
+    assert await page.locator("#history-list li").count() == 10
     statuses = await page.locator("#history-list .status").all_inner_texts()
     assert set(statuses) == {"canceled"}
     assert await page.is_enabled("#history-older") and not await page.is_enabled("#history-newer")
     await page.click("#history-older")
-    await page.wait_for_function("document.getElementById('history-message').textContent === 'Page 2'")
+    await history_shows(page, "Page 2 (Canceled)")
     assert await page.locator("#history-list li").count() == 1
     oldest = await page.get_attribute("#history-list li button", "data-generation-id")
     assert oldest == canceled_id  # newest first: the page's own cancel is the oldest of the eleven
     assert not await page.is_enabled("#history-older")
     await page.click("#history-newer")
-    await page.wait_for_function("document.getElementById('history-message').textContent === 'Page 1'")
+    await history_shows(page, "Page 1 (Canceled)")
 
     # The completed one, opened from the history by keyboard, plays again.
     await page.select_option("#history-status", "completed")
-    entry = page.locator(f"#history-list button[data-generation-id={generation_id}]")
-    await entry.wait_for()
+    await history_shows(page, "Page 1 (Completed)")
     assert await page.locator("#history-list li").count() == 1
+    entry = page.locator(f"#history-list button[data-generation-id={generation_id}]")
     await entry.focus()
     await page.keyboard.press("Enter")
     await page.wait_for_function(f"document.getElementById('job').dataset.generationId === {generation_id!r}")
