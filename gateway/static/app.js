@@ -50,18 +50,27 @@ function askForKey(message) {
   $("api-key").focus();
 }
 
+// True: cookie set; false: the key is refused; null: the server cannot be reached.
 async function startSession(key) {
-  const resp = await fetch("/api/v1/session", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ api_key: key }),
-  });
-  return resp.status === 204;
+  try {
+    const resp = await fetch("/api/v1/session", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ api_key: key }),
+    });
+    return resp.status === 204;
+  } catch (e) {
+    return null;
+  }
 }
 
 $("key-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const key = $("api-key").value.trim();
   if (!key) { $("err-api_key").textContent = "Enter your API key."; return; }
-  if (!(await startSession(key))) { $("err-api_key").textContent = "That API key is not valid."; return; }
+  const started = await startSession(key);
+  if (!started) {
+    $("err-api_key").textContent = started === null ? "The server cannot be reached." : "That API key is not valid.";
+    return;
+  }
   state.key = key;
   sessionStorage.setItem(KEY_STORE, key);
   $("api-key").value = "";
@@ -238,7 +247,7 @@ function renderClip(id, clip) {
   }
   li.dataset.index = clip.index;
   li.dataset.status = clip.status;
-  li.querySelector(".status").textContent = `${clip.status} · ${clip.duration_seconds} s`;
+  li.querySelector(".status").textContent = `${clip.status} · ${Math.round(clip.duration_seconds * 10) / 10} s`;
   if (clip.status === "succeeded" && !li.querySelector("video")) {
     const video = document.createElement("video");
     video.controls = true;
@@ -428,12 +437,13 @@ $("history-newer").addEventListener("click", () => loadHistory(Math.max(0, state
 // -- start ---------------------------------------------------------------------------------------
 
 async function start() {
-  if (state.key && !(await startSession(state.key))) { // renew the cookie; a removed key asks again
+  if (state.key && (await startSession(state.key)) === false) { // renew the cookie; a removed key asks again
     sessionStorage.removeItem(KEY_STORE);
     state.key = "";
   }
   const probe = await fetch("/api/v1/generations?limit=1", { headers: headers() }).catch(() => null);
-  if (probe && probe.status === 401) askForKey("");
+  if (!probe) $("history-message").textContent = "The server cannot be reached; reload the page to try again.";
+  else if (probe.status === 401) askForKey("");
   else {
     $("signed-in").hidden = !state.key;
     state.page = 0;

@@ -6,6 +6,7 @@ filter and open an entry; and the same with API keys set, where media plays thro
 cookie and the key shows up in no URL and no log line.
 """
 
+import json
 import logging
 import re
 import shutil
@@ -33,6 +34,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+#: A compliance report as the detail carries it (given to the page where the detail has none yet).
+COMPLIANCE = {"avoided_words_removed": ["cheap"], "disclaimer_on_screen_seconds": 3.0, "logo": "none"}
 #: A generation on a busy 2-core machine: minutes at worst, never a hang.
 DONE_MS = 240_000
 
@@ -153,18 +156,25 @@ async def _order_watch_cancel_and_browse(browser: Any, stack: Stack, shots: Path
     assert f"{len(planned['clips'])} clips" in await page.inner_text("#estimate")
     assert await page.get_attribute("#brand-colors", "aria-invalid") is None
     # The page's first WebSocket is dropped right after its snapshot, as a restarting gateway would:
-    # the page must reconnect and still see everything through to the end.
+    # the page must reconnect and still see everything through to the end. Later, a snapshot without a
+    # compliance report gets one (until the finishing work reports its own), to see the page render it.
     sockets: list[str] = []
+    relay = {"inject_compliance": False}
 
     async def drop_the_first(route: Any) -> None:
         sockets.append(route.url)
         server = route.connect_to_server()
-        if len(sockets) > 1:
-            return  # later connections pass through untouched
+        drop = len(sockets) == 1
 
         async def from_server(message: str | bytes) -> None:
+            if relay["inject_compliance"] and isinstance(message, str):
+                data = json.loads(message)
+                if data["type"] == "snapshot" and not data["generation"].get("compliance"):
+                    data["generation"]["compliance"] = COMPLIANCE
+                    message = json.dumps(data)
             route.send(message)
-            await route.close(code=1012, reason="restarting")
+            if drop:
+                await route.close(code=1012, reason="restarting")
 
         server.on_message(from_server)
 
@@ -238,7 +248,8 @@ async def _order_watch_cancel_and_browse(browser: Any, stack: Stack, shots: Path
     await page.click("#history-newer")
     await history_shows(page, "Page 1 (Canceled)")
 
-    # The completed one, opened from the history by keyboard, plays again.
+    # The completed one, opened from the history by keyboard, plays again, with its compliance report.
+    relay["inject_compliance"] = True
     await page.select_option("#history-status", "completed")
     await history_shows(page, "Page 1 (Completed)")
     assert await page.locator("#history-list li").count() == 1
@@ -248,6 +259,9 @@ async def _order_watch_cancel_and_browse(browser: Any, stack: Stack, shots: Path
     await page.wait_for_function(f"document.getElementById('job').dataset.generationId === {generation_id!r}")
     await wait_status(page, "completed")
     reopened = await video_state(page, "#final-video")
+    await page.wait_for_selector("#compliance:not([hidden])")
+    report = await page.inner_text("#compliance-list")
+    assert "Avoided words removed" in report and "Disclaimer on screen" in report and "Logo" in report
     assert reopened["duration"] == pytest.approx(5, abs=0.25)
     await page.screenshot(path=str(shots / "history.png"), full_page=True)
     await page.context.close()
