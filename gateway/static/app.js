@@ -285,6 +285,9 @@ function renderDetail(g) {
   for (const clip of g.clips || []) renderClip(g.generation_id, clip);
   $("job-error").textContent = g.error ? `${g.status}: ${g.error.message} (${g.error.code})` : "";
   renderCompliance(g.compliance);
+  const cost = g.cost; // estimate at order time; actual compute and price once the provider reports them
+  $("job-cost").textContent = !cost || cost.estimated_usd == null ? "" : `Estimated ${money(cost.estimated_usd)}`
+    + (cost.actual_usd == null ? "" : `, actual ${money(cost.actual_usd)} for ${cost.compute_seconds} s of compute`);
   if (g.status === "completed") showFinal(g.generation_id);
 }
 
@@ -349,6 +352,7 @@ function openGeneration(id) {
   $("final").hidden = true;
   $("final-video").removeAttribute("src");
   $("compliance").hidden = true;
+  $("job-cost").textContent = "";
   $("job-error").textContent = "";
   $("job-title").textContent = `Generation ${id}`;
   $("job").dataset.generationId = id;
