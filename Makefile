@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo serve lint bench clean
+.PHONY: install test demo serve lint bench clean docs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy reelstream schemas stages gateway
+
+# docs/api.md's generated sections, from the OpenAPI document and the topic payloads.
+docs: $(STAMP)
+	$(BIN)/python -m gateway.apidocs
 
 clean:
 	rm -rf $(VENV) .reelstream .pytest_cache .mypy_cache bench/results

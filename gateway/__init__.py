@@ -3,5 +3,5 @@
 It is the only process clients talk to. It writes the first row of a generation and publishes
 ``generation.requested``; everything after that happens in the stages, and the gateway only reads
 Postgres (for the API) and ``generation.status`` (for the WebSocket). The public contract
-(CONTRACT.md) defines every route, field, status and error code served here.
+(docs/api.md) describes every route, field, status and error code served here.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import estimates, generations, health, openapi, videos, webhooks, ws
+from gateway import estimates, generations, health, openapi, session, videos, webhooks, ws
 from gateway.auth import LIMITER, RateLimiter, RedactingAccessLogger, auth_middleware
 from gateway.deps import DEPS, GatewayDeps
 from gateway.errors import error_middleware, observe_middleware
@@ -30,9 +30,31 @@ SHUTDOWN_TIMEOUT_SECONDS = 5.0
 routes = web.RouteTableDef()
 
 
+#: The page's files by the name in its URL: an allow-list, so no request names a file of its choosing.
+STATIC_FILES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+
+
 @routes.get("/")
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html", headers={"Content-Type": "text/html; charset=utf-8"})
+    return web.FileResponse(
+        STATIC_DIR / "index.html",
+        headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"},
+    )
+
+
+@routes.get("/static/{name}")
+async def static_file(request: web.Request) -> web.FileResponse:
+    """The web page's script and style sheet (no build step: the files as they are in the repository)."""
+    name = request.match_info["name"]
+    content_type = STATIC_FILES.get(name)
+    if content_type is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(
+        STATIC_DIR / name, headers={"Content-Type": content_type, "Cache-Control": "no-cache"}
+    )
 
 
 def create_app(deps: GatewayDeps) -> web.Application:
@@ -56,6 +78,7 @@ def create_app(deps: GatewayDeps) -> web.Application:
         ws.routes,
         health.routes,
         openapi.routes,
+        session.routes,
         routes,
     ):
         app.add_routes(table)

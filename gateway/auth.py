@@ -3,7 +3,8 @@
 With ``REELSTREAM_API_KEYS`` unset the gateway is open (local use). With keys set, ``/api/v1/*`` and
 ``/ws/*`` need ``Authorization: Bearer <key>`` or ``X-API-Key`` (a browser WebSocket cannot send
 headers, hence ``?api_key=`` there, which is why the access log redacts it). The webhook route is
-exempt: it is authenticated by its signature.
+exempt: it is authenticated by its signature. A browser may instead hold the session cookie of
+:mod:`gateway.session` (GET and HEAD only).
 
 A generation belongs to the key that created it: the key's fingerprint (:func:`owner_of`, a sha256,
 never the key) is stored with it, and every read, cancel and download of another key's generation is
@@ -36,6 +37,7 @@ from redis.exceptions import RedisError
 
 from gateway.deps import get_deps
 from gateway.errors import PRINCIPAL, ApiError
+from gateway.session import SESSION_PATH, key_from_cookie
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +212,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """
     settings = get_deps(request).settings
     keys = settings.api_key_set
-    if keys and _protected(request.path):
-        presented = _presented_key(request)
+    if keys and _protected(request.path) and request.path != SESSION_PATH:  # that route checks the key
+        presented = _presented_key(request) or key_from_cookie(request, keys)
         if presented is None or not _matches(presented, keys):
             raise ApiError(
                 401, "unauthorized", "a valid API key is required", headers={"WWW-Authenticate": "Bearer"}

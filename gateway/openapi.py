@@ -22,6 +22,7 @@ from schemas.api import (
     GenerationDetail,
     GenerationPage,
     GenerationRequest,
+    SessionRequest,
     SnapshotMessage,
     StatusMessage,
 )
@@ -30,7 +31,7 @@ from schemas.events import Prediction
 routes = web.RouteTableDef()
 
 _REF = "#/components/schemas/{model}"
-_INPUTS: tuple[type[BaseModel], ...] = (GenerationRequest, Prediction)
+_INPUTS: tuple[type[BaseModel], ...] = (GenerationRequest, SessionRequest, Prediction)
 _OUTPUTS: tuple[type[BaseModel], ...] = (
     GenerationCreated,
     GenerationPage,
@@ -310,10 +311,47 @@ def _document(
                 "responses": {"200": {"description": "The MP4", "content": _MP4}, **not_found},
             }
         },
+        "/api/v1/session": {
+            "post": {
+                "operationId": "createSession",
+                "summary": "Trade an API key for a browser session cookie (media and the WebSocket)",
+                "description": "Sets `reelstream_session`: HttpOnly, SameSite=Strict, Path=/, Secure over "
+                "https; an opaque signed token, not the key, valid 12 h. The cookie authenticates GET and "
+                "HEAD requests (videos, thumbnails, the WebSocket, reads); changes still need the key in a "
+                "header. With no API keys configured: 204 and no cookie.",
+                "security": [{}],
+                "requestBody": {"required": True, "content": _json(inp(SessionRequest))},
+                "responses": {
+                    "204": {"description": "Session cookie set"},
+                    **body_errors,
+                    "401": _error("`unauthorized`: the key is not one of the configured keys"),
+                },
+            },
+            "delete": {
+                "operationId": "deleteSession",
+                "summary": "Forget the browser session cookie",
+                "security": [{}],
+                "responses": {"204": {"description": "Cookie cleared"}},
+            },
+        },
         "/": {
             "get": {
                 "operationId": "webPage",
                 "responses": {"200": {"description": "The web page", "content": {"text/html": {}}}},
+            }
+        },
+        "/static/{name}": {
+            "get": {
+                "operationId": "webPageFile",
+                "summary": "The web page's script and style sheet",
+                "parameters": [_path_param("name", r"^app\.(js|css)$", "File name")],
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {"text/javascript": {}, "text/css": {}},
+                    },
+                    **not_found,
+                },
             }
         },
     }
@@ -332,9 +370,10 @@ def _document(
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "reelstream_session"},
             },
         },
-        "security": [{}, {"bearer": []}, {"apiKey": []}],
+        "security": [{}, {"bearer": []}, {"apiKey": []}, {"session": []}],
     }
 
 

@@ -322,31 +322,309 @@ def callback_secret() -> None:
     typer.echo(callbacks.callback_secret(Settings()))
 
 
+# -- the API from the shell -------------------------------------------------------------------------
+# Clients of a running gateway (``--api``, default: the stack.json beside, else 127.0.0.1:8080), with
+# the key from ``--api-key`` or REELSTREAM_API_KEY. The HTTP work is reelstream/client.py; failures end in
+# one plain line on stderr and the exit code client.EXIT_* names.
+
+ApiOption = Annotated[
+    str | None,
+    typer.Option("--api", help="gateway URL (default: the running stack's, else http://127.0.0.1:8080)"),
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="REELSTREAM_API_KEY", help="API key (env REELSTREAM_API_KEY)"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+DurationOption = Annotated[int, typer.Option("--duration", help="seconds, 5..120")]
+AspectOption = Annotated[str, typer.Option("--aspect-ratio", help="16:9, 9:16 or 1:1")]
+BrandOption = Annotated[Path | None, typer.Option("--brand", help="brand kit JSON file (name, colors, ...)")]
+ResolutionOption = Annotated[str | None, typer.Option("--resolution", help="480p, 720p or 1080p")]
+TransitionsOption = Annotated[str | None, typer.Option("--transitions", help="cut or crossfade")]
+CaptionsOption = Annotated[
+    bool | None, typer.Option("--captions/--no-captions", help="burn each scene's line in")
+]
+
+
+def _api_url(api: str | None) -> str:
+    return api or Settings().with_stack().gateway_url
+
+
+def _load_brand(path: Path) -> dict[str, Any]:
+    """The brand file, checked here with the API's own model so a typo is named before anything is sent."""
+    from pydantic import ValidationError
+
+    from schemas.api import Brand, field_errors
+
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise _Fail(f"cannot read the brand file {path}: {exc.strerror or exc}", _USAGE) from None
+    except ValueError as exc:
+        raise _Fail(f"the brand file {path} is not valid JSON: {exc}", _USAGE) from None
+    try:
+        Brand.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{e.field}: {e.message}"
+            for e in field_errors(exc.errors(include_url=False, include_input=False))
+        )
+        raise _Fail(f"the brand file {path} is invalid: {problems}", _USAGE) from None
+    loaded: dict[str, Any] = data
+    return loaded
+
+
+def _order(
+    prompt: str,
+    duration: int,
+    aspect_ratio: str,
+    brand: Path | None,
+    resolution: str | None,
+    transitions: str | None,
+    captions: bool | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt": prompt, "duration_seconds": duration, "aspect_ratio": aspect_ratio}
+    if brand is not None:
+        body["brand"] = _load_brand(brand)
+    options = {"resolution": resolution, "transitions": transitions, "captions": captions}
+    if any(value is not None for value in options.values()):
+        body["options"] = {name: value for name, value in options.items() if value is not None}
+    return body
+
+
+def _client_run(work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a client command: a ClientError or _Fail is one line on stderr and its exit code."""
+    from reelstream import client
+
+    try:
+        asyncio.run(work())
+    except client.ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except _Fail as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.code) from None
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
 @app.command()
 def generate(
     prompt: str,
-    duration: Annotated[int, typer.Option("--duration", help="seconds, 5..120")] = 15,
-    aspect_ratio: Annotated[str, typer.Option("--aspect-ratio", help="16:9, 9:16 or 1:1")] = "16:9",
-    brand: Annotated[Path | None, typer.Option("--brand", help="brand JSON file")] = None,
-    api: Annotated[str | None, typer.Option("--api", help="gateway URL")] = None,
+    duration: DurationOption = 15,
+    aspect_ratio: AspectOption = "16:9",
+    brand: BrandOption = None,
+    resolution: ResolutionOption = None,
+    transitions: TransitionsOption = None,
+    captions: CaptionsOption = None,
+    api: ApiOption = None,
+    api_key: KeyOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="where to write the MP4")] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Submit a generation, follow its progress live, and download the final MP4."""
-    from reelstream import client  # here: rich is for the client alone
+    """Submit a generation, follow its progress live, and download the final MP4 (prints its path).
 
-    settings = Settings().with_stack()
-    body: dict[str, object] = {"prompt": prompt, "duration_seconds": duration, "aspect_ratio": aspect_ratio}
-    if brand is not None:
+    With --json, prints the final detail instead (also when the generation failed, with exit code 1).
+    """
+    from reelstream import client
+
+    async def run() -> None:
+        body = _order(prompt, duration, aspect_ratio, brand, resolution, transitions, captions)
         try:
-            body["brand"] = json.loads(brand.read_text())
-        except (OSError, ValueError) as exc:
-            raise typer.BadParameter(f"cannot read brand file: {exc}") from exc
-    try:
-        path = asyncio.run(client.generate(api or settings.gateway_url, body, out=out))
-    except client.ClientError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(str(path))
+            path, detail = await client.generate_detail(_api_url(api), body, out=out, key=api_key)
+        except client.ClientError as exc:
+            if as_json and isinstance(exc.body, dict) and "generation_id" in exc.body:
+                _print_json(exc.body)
+            raise
+        if as_json:
+            _print_json(detail)
+        else:
+            typer.echo(str(path))
+
+    _client_run(run)
+
+
+@app.command()
+def estimate(
+    prompt: str,
+    duration: DurationOption = 15,
+    aspect_ratio: AspectOption = "16:9",
+    brand: BrandOption = None,
+    resolution: ResolutionOption = None,
+    transitions: TransitionsOption = None,
+    captions: CaptionsOption = None,
+    api: ApiOption = None,
+    api_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Plan and price an order without generating anything: scenes, clips, compute and cost."""
+    from reelstream import client
+
+    async def run() -> None:
+        body = _order(prompt, duration, aspect_ratio, brand, resolution, transitions, captions)
+        async with client.connect(_api_url(api), api_key) as gateway:
+            planned = await gateway.request("POST", "/api/v1/estimates", json=body)
+        if as_json:
+            _print_json(planned)
+            return
+        typer.echo(
+            f"{len(planned['clips'])} clip(s) in {len(planned['scenes'])} scene(s) on {planned['model']}:"
+            f" ~{planned['estimated_compute_seconds']:g} s of compute, ${planned['estimated_cost_usd']:.2f}"
+        )
+        for scene in planned["scenes"]:
+            typer.echo(
+                f"  {scene['scene_id']} {scene['kind']:<11} {scene['start_seconds']:g}s"
+                f" +{scene['duration_seconds']:g}s  {scene['description']}"
+            )
+
+    _client_run(run)
+
+
+_STATUS_HELP = "only these statuses (comma-separated: queued, ..., completed, failed, canceled)"
+
+
+@app.command("list")
+def list_generations(
+    status: Annotated[str | None, typer.Option("--status", help=_STATUS_HELP)] = None,
+    limit: Annotated[int, typer.Option("--limit", help="1..100 per page")] = 20,
+    cursor: Annotated[
+        str | None, typer.Option("--cursor", help="the next page (printed after a page)")
+    ] = None,
+    api: ApiOption = None,
+    api_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Your generations, newest first, one page at a time."""
+    from reelstream import client
+
+    async def run() -> None:
+        params: dict[str, str] = {"limit": str(limit)}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        async with client.connect(_api_url(api), api_key) as gateway:
+            page = await gateway.request("GET", "/api/v1/generations", params=params)
+        if as_json:
+            _print_json(page)
+            return
+        if not page["items"]:
+            typer.echo("no generations")
+        else:
+            _table(
+                ("generation", "status", "created", "length", "aspect", "prompt"),
+                [
+                    (
+                        item["generation_id"],
+                        item["status"],
+                        item["created_at"][:19].replace("T", " "),
+                        f"{item['duration_seconds']}s",
+                        item["aspect_ratio"],
+                        _shorten(item["prompt"], 60),
+                    )
+                    for item in page["items"]
+                ],
+            )
+        if page["next_cursor"]:
+            typer.echo(f"more: reelstream list --cursor {page['next_cursor']}")
+
+    _client_run(run)
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A rich table on a terminal; tab-separated lines in a pipe, for grep and cut."""
+    if not sys.stdout.isatty():
+        for row in (columns, *rows):
+            typer.echo("\t".join(row))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    Console().print(table)
+
+
+@app.command()
+def show(
+    generation_id: Annotated[str, typer.Argument(metavar="ID", help="gen_...")],
+    api: ApiOption = None,
+    api_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One generation: status, progress, clips, the video; exit 1 if it failed."""
+    from reelstream import client
+
+    async def run() -> None:
+        async with client.connect(_api_url(api), api_key) as gateway:
+            detail = await gateway.detail(generation_id)
+        if as_json:
+            _print_json(detail)
+        else:
+            _print_detail(detail, _api_url(api))
+        if detail["status"] == "failed":
+            error = detail.get("error") or {}
+            raise client.ClientError(
+                f"generation {generation_id} failed: {error.get('message', 'no details')}"
+            )
+
+    _client_run(run)
+
+
+def _print_detail(detail: dict[str, Any], api: str) -> None:
+    progress = detail["progress"]
+    typer.echo(f"{detail['generation_id']}  {detail['status']}  {progress['percent']}%")
+    typer.echo(f"prompt:   {_shorten(detail['prompt'], 100)}")
+    typer.echo(f"order:    {detail['duration_seconds']}s, {detail['aspect_ratio']}")
+    if detail.get("brand"):
+        typer.echo(f"brand:    {detail['brand']['name']}")
+    typer.echo(
+        f"clips:    {progress['clips_completed']}/{progress['clips_total']} done,"
+        f" {progress['clips_failed']} failed"
+    )
+    for clip in detail.get("clips") or []:
+        typer.echo(f"  {clip['clip_id']}  {clip['status']:<10} {clip['duration_seconds']:g}s")
+    if detail.get("video"):
+        video = detail["video"]
+        typer.echo(
+            f"video:    {api.rstrip('/')}/api/v1/generations/{detail['generation_id']}/video"
+            f" ({video['width']}x{video['height']}, {video['duration_seconds']:g}s)"
+        )
+    if detail.get("error"):
+        error = detail["error"]
+        typer.echo(f"error:    {error['code']}: {error['message']}")
+
+
+@app.command()
+def cancel(
+    generation_id: Annotated[str, typer.Argument(metavar="ID", help="gen_...")],
+    api: ApiOption = None,
+    api_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a generation that is still running (its outstanding predictions too)."""
+    from reelstream import client
+
+    async def run() -> None:
+        async with client.connect(_api_url(api), api_key) as gateway:
+            detail = await gateway.request("POST", f"/api/v1/generations/{generation_id}/cancel")
+        if as_json:
+            _print_json(detail)
+        else:
+            typer.echo(f"{generation_id} canceled")
+
+    _client_run(run)
 
 
 # -- replay and dead letters ------------------------------------------------------------------------

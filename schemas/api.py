@@ -169,6 +169,12 @@ class GenerationRequest(Input):
     options: Options = Field(default_factory=Options)
 
 
+class SessionRequest(Input):
+    """The body of ``POST /api/v1/session``: an API key traded for a browser session cookie."""
+
+    api_key: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
+
+
 class Links(BaseModel):
     self: str
     websocket: str

@@ -127,7 +127,19 @@ async def test_each_stage_and_the_gateway_as_separate_processes(
 
 def test_help_lists_the_contract_commands() -> None:
     result = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, env=clean_env(), check=True)
-    for command in ("serve", "demo", "generate", "stage", "gateway", "replay", "migrate"):
+    for command in (
+        "serve",
+        "demo",
+        "generate",
+        "list",
+        "show",
+        "cancel",
+        "estimate",
+        "stage",
+        "gateway",
+        "replay",
+        "migrate",
+    ):
         assert command in result.stdout, f"{command} missing from --help"
 
 

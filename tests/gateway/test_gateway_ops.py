@@ -256,5 +256,6 @@ async def test_index_page(gw: Gateway) -> None:
     resp = await gw.client.get("/")
     assert resp.status == 200
     assert resp.content_type == "text/html"
-    html = await resp.text()
-    assert "/api/v1/generations" in html and "/ws/generations/" in html
+    assert "/static/app.js" in await resp.text()
+    script = await (await gw.client.get("/static/app.js")).text()
+    assert "/api/v1/generations" in script and "/ws/generations/" in script
