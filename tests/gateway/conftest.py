@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -22,9 +23,24 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway_harness import Gateway, GatewayFactory, RecordingProvider, Tap
 
 from gateway.app import GatewayDeps, create_app
-from reelstream import db, kafka
+from reelstream import db, embedded, kafka
 from reelstream.settings import Settings
 from reelstream.storage import LocalStorage
+
+# -- the broker -----------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
+async def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The gateway tests' own broker: the orders they publish to ``generation.requested`` must never
+    reach a whole stack that another test package runs on the session's broker (it would render them,
+    and call back their callback URLs)."""
+    service = await embedded.start_kafka(tmp_path_factory.mktemp("gateway-kafka"))
+    try:
+        yield service.url
+    finally:
+        await service.stop()
+
 
 # -- databases ----------------------------------------------------------------------------------------
 
