@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
+from reelstream.tracing import current_traceparent
 from schemas.envelope import CloudEvent
 from schemas.topics import event_type
 
@@ -35,10 +36,14 @@ def make_event(
         time=now(),
         subject=subject,
         data=data.model_dump(mode="json"),
+        traceparent=current_traceparent(),
     )
 
 
 def encode(event: CloudEvent) -> bytes:
+    """Structured-mode JSON; ``traceparent`` is left out, not null, when there is none."""
+    if event.traceparent is None:
+        return event.model_dump_json(exclude={"traceparent"}).encode()
     return event.model_dump_json().encode()
 
 

@@ -19,3 +19,7 @@ class CloudEvent(BaseModel):
     subject: str = Field(min_length=1, description="The generation id; also the Kafka key.")
     datacontenttype: Literal["application/json"] = "application/json"
     data: dict[str, Any]
+    #: W3C trace context of the span that made this event (CloudEvents distributed-tracing extension,
+    #: a top-level lowercase attribute): consumers continue the trace from it. Absent outside a trace.
+    #: Not validated beyond its length: a malformed value is ignored by the tracer, never a dead letter.
+    traceparent: str | None = Field(default=None, max_length=256)
