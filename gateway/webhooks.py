@@ -46,6 +46,9 @@ from schemas.api import field_errors
 from schemas.events import ClipCompleted, Prediction
 
 log = logging.getLogger(__name__)
+
+for _outcome in ("accepted", "duplicate", "ignored", "unauthorized", "invalid", "unknown_prediction"):
+    metrics.WEBHOOKS.labels(_outcome)  # at 0 from the start: a dashboard shows "none yet"
 routes = web.RouteTableDef()
 
 WEBHOOK_BODY_LIMIT = 1024 * 1024

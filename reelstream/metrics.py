@@ -160,6 +160,10 @@ DB_QUERIES = Counter(
     registry=REGISTRY,
 )
 
+# Series that exist from the start at 0, so a dashboard shows "none yet" rather than "no data".
+for _status in ("completed", "failed", "canceled"):
+    GENERATIONS.labels(_status)
+
 
 def exposition() -> tuple[bytes, str]:
     """The body and content type of a ``/metrics`` answer: this process's series, ours only."""

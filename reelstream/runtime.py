@@ -262,6 +262,12 @@ class StageRunner:
         self._committed: dict[TopicPartition, int] = {}
         self._lag_at = 0.0
         self.ready = asyncio.Event()
+        # Failure series exist at 0 from the start: "none" on a dashboard, not "no data".
+        for kind in ("transient", "error", "permanent", "undecodable"):
+            metrics.ERRORS.labels(stage.name, kind)
+        metrics.RETRIES.labels(stage.name)
+        for topic in stage.topics:
+            metrics.DEAD_LETTERED.labels(stage.name, topic)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -473,8 +479,8 @@ class StageRunner:
         ) as span:
             outcome = await self._handle_with_retries(record, event, data)
             span.set_attribute("reelstream.outcome", outcome)
-        # One line per step, carrying the job's ids (reelstream/logs.py): one grep follows a generation.
-        log.info("%s %s %s: %s", self.stage.name, record.topic, event.id, outcome)
+            # One line per step, with the job's ids and trace (reelstream/logs.py): one grep follows it.
+            log.info("%s %s %s: %s", self.stage.name, record.topic, event.id, outcome)
         metrics.EVENTS_HANDLED.labels(self.stage.name, record.topic, outcome).inc()
         metrics.HANDLER_SECONDS.labels(self.stage.name).observe(time.monotonic() - started)
 
