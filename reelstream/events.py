@@ -41,9 +41,6 @@ def make_event(
 
 
 def encode(event: CloudEvent) -> bytes:
-    """Structured-mode JSON; ``traceparent`` is left out, not null, when there is none."""
-    if event.traceparent is None:
-        return event.model_dump_json(exclude={"traceparent"}).encode()
     return event.model_dump_json().encode()
 
 
