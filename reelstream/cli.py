@@ -239,26 +239,15 @@ def stage(
         service.load_stage(name)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    asyncio.run(_stage(settings, name, _metrics_port(settings, metrics_port)))
-
-
-def _metrics_port(settings: Settings, option: int | None) -> int:
-    """The stage's metrics port: the option, else the setting. A port asked for explicitly must be free;
-    the default one, when taken (several stages on one machine), gives way to a free port, logged."""
-    explicit = option is not None or "metrics_port" in settings.model_fields_set
-    port = option if option is not None else settings.metrics_port
-    if not port or _port_free(settings.metrics_host, port):
-        return port
-    if explicit:
+    explicit = metrics_port is not None or "metrics_port" in settings.model_fields_set
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    # A port asked for must be free; the default one, taken (several stages on one machine), gives way.
+    if explicit and port and not _port_free(settings.metrics_host, port):
         raise typer.BadParameter(f"metrics port {port} is already in use; set REELSTREAM_METRICS_PORT")
-    free = embedded.free_port()
-    logging.getLogger(__name__).warning(
-        "metrics port %d is taken (another stage on this machine?); serving /metrics on %d", port, free
-    )
-    return free
+    asyncio.run(_stage(settings, name, port, or_any_port=not explicit))
 
 
-async def _stage(settings: Settings, name: str, metrics_port: int) -> None:
+async def _stage(settings: Settings, name: str, metrics_port: int, *, or_any_port: bool = False) -> None:
     _require_external(settings)
     assert settings.kafka_bootstrap
     stop = asyncio.Event()
@@ -267,7 +256,7 @@ async def _stage(settings: Settings, name: str, metrics_port: int) -> None:
     async with AsyncExitStack() as stack:
         stack.callback(tracing.shutdown)
         pool, producer, deps = await stack.enter_async_context(service.infrastructure(settings))
-        await service.serve_metrics(metrics_port, stack, settings.metrics_host)
+        await service.serve_metrics(metrics_port, stack, settings.metrics_host, or_any_port=or_any_port)
 
         async def on_ready() -> None:
             _started()

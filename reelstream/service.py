@@ -198,8 +198,15 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def serve_metrics(port: int, stack: AsyncExitStack, host: str = "127.0.0.1") -> None:
-    """A stage process's own ``/metrics`` (and ``/healthz``), on ``host:port`` (port 0 disables)."""
+async def serve_metrics(
+    port: int, stack: AsyncExitStack, host: str = "127.0.0.1", *, or_any_port: bool = False
+) -> None:
+    """A stage process's own ``/metrics`` (and ``/healthz``), on ``host:port`` (port 0 disables).
+
+    ``or_any_port``: when ``port`` is taken (the default port, with several stages on one machine),
+    listen on a free port instead and log it, rather than fail. Decided by binding, not by a check
+    beforehand: stages started together would all see the port free.
+    """
     if not port:
         return
 
@@ -215,8 +222,15 @@ async def serve_metrics(port: int, stack: AsyncExitStack, host: str = "127.0.0.1
     app.router.add_get("/healthz", health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
     stack.push_async_callback(runner.cleanup)
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        if not or_any_port:
+            raise
+        await web.TCPSite(runner, host, 0).start()
+        taken, port = port, runner.addresses[0][1]
+        log.warning("metrics port %d is taken (%s); serving /metrics on port %d", taken, exc.strerror, port)
     log.info("metrics on http://%s:%d/metrics", host, port)
 
 
