@@ -90,6 +90,12 @@ WEBHOOKS = Counter(
 GENERATIONS = Counter(
     "reelstream_generations_total", "Generations that ended, by status", ["status"], registry=REGISTRY
 )
+GENERATIONS_IN_PROGRESS = Gauge(
+    "reelstream_generations_in_progress",
+    "Generations in each unfinished status now, counted in Postgres by the intake stage (census.py)",
+    ["status"],
+    registry=REGISTRY,
+)
 GENERATION_SECONDS = Histogram(
     "reelstream_generation_duration_seconds",
     "From the order (created_at) to its end, by the status it ended in",

@@ -191,7 +191,10 @@ async def test_every_process_serves_its_own_metrics_all_reelstream(run: Run) -> 
     assert _value(completion, "reelstream_generation_duration_seconds_count", status="completed") == 1
     assert _value(completion, "reelstream_generation_duration_seconds_sum", status="completed") > 0
     assert _value(completion, "reelstream_generations_total", status="completed") == 1
-    assert _value(_families(texts["intake"]), "reelstream_reconciler_actions_total") >= 0
+    intake = _families(texts["intake"])
+    assert "reelstream_reconciler_actions" in intake
+    census = {s.labels["status"] for s in intake["reelstream_generations_in_progress"]}
+    assert census == {"queued", "analyzing", "planning", "prompting", "generating", "assembling"}
 
     gateway = _families(texts["gateway"])
     route = "/api/v1/generations/{generation_id}"
