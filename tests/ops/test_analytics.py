@@ -121,7 +121,7 @@ async def test_the_analytics_app_counts_a_known_set_of_generations(broker: str, 
     expected = {"completed": 3, "failed": 1, "canceled": 1}
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(600):
+            for _ in range(1200):  # faust joins its group and restores its tables first
                 await asyncio.sleep(0.1)
                 assert proc.returncode is None, log_path.read_text()[-3000:]
                 try:
