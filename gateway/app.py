@@ -1,6 +1,7 @@
 """Assembling the gateway: routes, middlewares, lifecycle; and serving it until told to stop.
 
-Middleware order, outermost first: ``observe`` (request id, metrics, so it sees the final status),
+Middleware order, outermost first: ``telemetry`` (the request's trace span and log context),
+``observe`` (request id, metrics, so it sees the final status),
 ``errors`` (every failure becomes the contract's JSON), ``auth`` (so its 401/429 are rendered by
 ``errors`` too).
 """
@@ -17,6 +18,7 @@ from gateway.deps import DEPS, GatewayDeps
 from gateway.errors import error_middleware, observe_middleware
 from gateway.health import READINESS, Readiness
 from gateway.memory import RECENT, RecentGenerations
+from gateway.telemetry import telemetry_middleware
 
 __all__ = ["GatewayDeps", "create_app", "run_gateway"]
 
@@ -60,7 +62,8 @@ async def static_file(request: web.Request) -> web.FileResponse:
 def create_app(deps: GatewayDeps) -> web.Application:
     """The aiohttp application; the status hub starts and stops with it (``cleanup_ctx``)."""
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware, auth_middleware], client_max_size=CLIENT_MAX_SIZE
+        middlewares=[telemetry_middleware, observe_middleware, error_middleware, auth_middleware],
+        client_max_size=CLIENT_MAX_SIZE,
     )
     app[DEPS] = deps
     app[LIMITER] = RateLimiter(deps.settings.rate_limit_per_minute, deps.redis)

@@ -145,7 +145,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client went away mid-request: not a server error
         raise
     finally:
-        metrics.HTTP_REQUESTS.labels(request.method, route_template(request), str(status)).inc()
+        route = route_template(request)
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        metrics.HTTP_SECONDS.labels(request.method, route, str(status)).observe(time.monotonic() - started)
         log.debug(
             "%s %s %s %.1fms", request.method, request.path, status, (time.monotonic() - started) * 1000
         )

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from gateway.batching import GroupCommit
@@ -37,7 +38,7 @@ from gateway.database import connection
 from gateway.deps import GatewayDeps, get_deps
 from gateway.errors import ApiError, not_found, request_id
 from gateway.publishing import PublishFailed, gateway_event, publish
-from reelstream import mapping, metrics
+from reelstream import logs, mapping, metrics, tracing
 from reelstream.providers import outcome_event_id, parse_marker
 from reelstream.webhooks import InvalidWebhook, verify
 from schemas import topics
@@ -45,6 +46,9 @@ from schemas.api import field_errors
 from schemas.events import ClipCompleted, Prediction
 
 log = logging.getLogger(__name__)
+
+for _outcome in ("accepted", "duplicate", "ignored", "unauthorized", "invalid", "unknown_prediction"):
+    metrics.WEBHOOKS.labels(_outcome)  # at 0 from the start: a dashboard shows "none yet"
 routes = web.RouteTableDef()
 
 WEBHOOK_BODY_LIMIT = 1024 * 1024
@@ -106,6 +110,8 @@ class Resolved:
 
     ref: mapping.ClipRef
     fresh: bool
+    #: The trace context of the span that submitted the prediction: its webhook continues that trace.
+    traceparent: str | None = None
 
 
 #: For each delivery whose prediction is recorded: its clip, and whether this delivery was new (its
@@ -114,7 +120,7 @@ _RESOLVE_AND_MARK = """
 WITH d AS (
     SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS d(webhook_id, prediction_id, n)
 ), known AS (
-    SELECT d.n, d.webhook_id, d.prediction_id, p.generation_id, p.clip_id, p.attempt
+    SELECT d.n, d.webhook_id, d.prediction_id, p.generation_id, p.clip_id, p.attempt, p.traceparent
     FROM d JOIN predictions p ON p.prediction_id = d.prediction_id
 ), fresh AS (
     INSERT INTO webhook_deliveries (webhook_id, prediction_id)
@@ -122,7 +128,8 @@ WITH d AS (
     ON CONFLICT DO NOTHING
     RETURNING webhook_id
 )
-SELECT k.n, k.webhook_id, k.generation_id, k.clip_id, k.attempt, f.webhook_id IS NOT NULL AS fresh
+SELECT k.n, k.webhook_id, k.generation_id, k.clip_id, k.attempt, k.traceparent,
+    f.webhook_id IS NOT NULL AS fresh
 FROM known k LEFT JOIN fresh f ON f.webhook_id = k.webhook_id
 ORDER BY k.n
 """
@@ -143,7 +150,9 @@ async def resolve_and_mark(deps: GatewayDeps, deliveries: Sequence[Delivery]) ->
         fresh = bool(r["fresh"]) and r["webhook_id"] not in claimed
         if fresh:
             claimed.add(r["webhook_id"])
-        found[r["n"] - 1] = Resolved(mapping.ClipRef(r["generation_id"], r["clip_id"], r["attempt"]), fresh)
+        found[r["n"] - 1] = Resolved(
+            mapping.ClipRef(r["generation_id"], r["clip_id"], r["attempt"]), fresh, r["traceparent"]
+        )
     return found
 
 
@@ -250,8 +259,9 @@ async def replicate_webhook(request: web.Request) -> web.Response:
         # delivery marked) together with the other webhooks arriving now. Redis would not save the
         # round trip here: marking the delivery needs Postgres anyway.
         batched = await request.app[DELIVERIES].submit(Delivery(webhook_id, prediction.id))
+    traceparent = None
     if batched is not None:
-        resolved, fresh = batched.ref, batched.fresh
+        resolved, fresh, traceparent = batched.ref, batched.fresh, batched.traceparent
     else:
         async with connection(deps) as conn:
             found = await _resolve(conn, deps, prediction.id, mark)
@@ -269,8 +279,27 @@ async def replicate_webhook(request: web.Request) -> web.Response:
             )
     if not fresh:
         return _answer("duplicate")
-    generation_id, clip_id, attempt = resolved
+    generation_id = resolved.generation_id
+    logs.bind(generation_id=generation_id, prediction_id=prediction.id)
+    with tracing.span(
+        "webhook clip.completed",
+        traceparent=traceparent,  # the submission's: one generation, one trace
+        kind=SpanKind.SERVER,
+        attributes={"reelstream.generation_id": generation_id, "reelstream.prediction_id": prediction.id},
+    ):
+        return await _publish_outcome(request, deps, resolved, prediction, webhook_id)
 
+
+async def _publish_outcome(
+    request: web.Request,
+    deps: GatewayDeps,
+    resolved: mapping.ClipRef,
+    prediction: Prediction,
+    webhook_id: str,
+) -> web.Response:
+    """Put a new terminal outcome on ``clip.completed``; if the broker cannot take it, forget the
+    delivery and answer 503, so the provider retries it."""
+    generation_id, clip_id, attempt = resolved
     event = gateway_event(
         topics.CLIP_COMPLETED,
         ClipCompleted(

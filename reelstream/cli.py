@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from reelstream import db, embedded, service, supervisor
+from reelstream import db, embedded, service, supervisor, tracing
 from reelstream.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ app = typer.Typer(
 
 def _settings() -> Settings:
     settings = Settings().with_stack()
-    service.log_setup(settings.log_level)
+    service.log_setup(settings.log_level, settings.log_format)
     return settings
 
 
@@ -56,7 +56,7 @@ def _port_free(host: str, port: int) -> bool:
 def serve() -> None:
     """The whole stack in the foreground (broker, Postgres, gateway, stages) until Ctrl-C or SIGTERM."""
     settings = Settings()
-    service.log_setup(settings.log_level)
+    service.log_setup(settings.log_level, settings.log_format)
     supervisor.end_leftovers(_children_file(settings))  # a killed run's gateway may still hold the port
     if not _port_free(settings.http_host, settings.http_port):
         raise typer.BadParameter(
@@ -134,6 +134,8 @@ async def _serve(settings: Settings, *, demo_prompt: str | None = None, out: Pat
                 children, stop=stop, on_ready=on_ready, state_file=_children_file(settings)
             )
         else:
+            tracing.setup("reelstream")
+            stack.callback(tracing.shutdown)
             pool, producer, deps = await stack.enter_async_context(service.infrastructure(settings))
             await service.run_everything(
                 settings, pool=pool, producer=producer, deps=deps, stop=stop, on_ready=on_ready
@@ -216,7 +218,7 @@ def demo(
     settings = Settings()
     if settings.log_level == "INFO":  # the progress bar is the demo's output; its processes say only problems
         settings = settings.model_copy(update={"log_level": "WARNING"})
-    service.log_setup(settings.log_level)
+    service.log_setup(settings.log_level, settings.log_format)
     supervisor.end_leftovers(_children_file(settings))
     if not _port_free(settings.http_host, settings.http_port):
         settings = settings.model_copy(update={"http_port": embedded.free_port()})
@@ -226,27 +228,35 @@ def demo(
 @app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="intake, analysis, planning, prompting, clips or completion")],
-    metrics_port: Annotated[int, typer.Option(help="serve /metrics on this port (0: off)")] = 0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve /metrics on this port (0: off); default REELSTREAM_METRICS_PORT, 9464"),
+    ] = None,
 ) -> None:
-    """Run one stage as its own process (its own consumer group member)."""
+    """Run one stage as its own process (its own consumer group member), serving its /metrics."""
     settings = _settings()
     try:
         service.load_stage(name)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if metrics_port and not _port_free("127.0.0.1", metrics_port):
-        raise typer.BadParameter(f"metrics port {metrics_port} is already in use")
-    asyncio.run(_stage(settings, name, metrics_port))
+    explicit = metrics_port is not None or "metrics_port" in settings.model_fields_set
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    # A port asked for must be free; the default one, taken (several stages on one machine), gives way.
+    if explicit and port and not _port_free(settings.metrics_host, port):
+        raise typer.BadParameter(f"metrics port {port} is already in use; set REELSTREAM_METRICS_PORT")
+    asyncio.run(_stage(settings, name, port, or_any_port=not explicit))
 
 
-async def _stage(settings: Settings, name: str, metrics_port: int) -> None:
+async def _stage(settings: Settings, name: str, metrics_port: int, *, or_any_port: bool = False) -> None:
     _require_external(settings)
     assert settings.kafka_bootstrap
     stop = asyncio.Event()
     service.install_signal_handlers(stop)
+    tracing.setup(f"reelstream-{name}")
     async with AsyncExitStack() as stack:
+        stack.callback(tracing.shutdown)
         pool, producer, deps = await stack.enter_async_context(service.infrastructure(settings))
-        await service.serve_metrics(metrics_port, stack)
+        await service.serve_metrics(metrics_port, stack, settings.metrics_host, or_any_port=or_any_port)
 
         async def on_ready() -> None:
             _started()
@@ -273,6 +283,7 @@ async def _gateway(settings: Settings) -> None:
     assert settings.kafka_bootstrap
     stop = asyncio.Event()
     service.install_signal_handlers(stop)
+    tracing.setup("reelstream-gateway")
     async with service.infrastructure(settings) as (pool, producer, deps):
         ready = asyncio.Event()
         task = asyncio.create_task(service.run_gateway_task(settings, pool, producer, deps, ready, stop))
@@ -280,7 +291,10 @@ async def _gateway(settings: Settings) -> None:
         if not task.done():
             _started()
             print(f"ready: {settings.gateway_url}", flush=True)
-        await task
+        try:
+            await task
+        finally:
+            tracing.shutdown()
 
 
 def _started() -> None:
@@ -644,7 +658,7 @@ class _Fail(Exception):
 
 def _tool_settings() -> Settings:
     settings = Settings().with_stack()
-    service.log_setup("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    service.log_setup("WARNING" if settings.log_level == "INFO" else settings.log_level, settings.log_format)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors are ours to report
     return settings
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
+from reelstream.tracing import current_traceparent
 from schemas.envelope import CloudEvent
 from schemas.topics import event_type
 
@@ -35,6 +36,7 @@ def make_event(
         time=now(),
         subject=subject,
         data=data.model_dump(mode="json"),
+        traceparent=current_traceparent(),
     )
 
 

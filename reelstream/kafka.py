@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from reelstream import metrics
 from reelstream.events import encode
 from schemas import topics
 from schemas.envelope import CloudEvent
@@ -65,18 +66,23 @@ class Producer:
 
     async def send(self, topic: str, event: CloudEvent) -> None:
         await self._producer.send_and_wait(topic, encode(event), key=event.subject.encode())
+        metrics.EVENTS_EMITTED.labels(topic).inc()
 
     async def send_many(self, items: Iterable[tuple[str, CloudEvent]]) -> None:
         """Send in parallel and wait for every acknowledgement."""
+        sent = list(items)
         futures = [
-            await self._producer.send(topic, encode(ev), key=ev.subject.encode()) for topic, ev in items
+            await self._producer.send(topic, encode(ev), key=ev.subject.encode()) for topic, ev in sent
         ]
         if len(futures) == 1:
             await futures[0]  # the common case: no gather around one future
         elif futures:
             await asyncio.gather(*futures)
+        for topic, _ in sent:
+            metrics.EVENTS_EMITTED.labels(topic).inc()
 
     async def send_raw(
         self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
         await self._producer.send_and_wait(topic, value, key=key, headers=headers)
+        metrics.EVENTS_EMITTED.labels(topic).inc()

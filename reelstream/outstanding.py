@@ -11,7 +11,6 @@ import logging
 
 import asyncpg
 
-from reelstream import metrics
 from reelstream.providers import VideoProvider
 
 log = logging.getLogger(__name__)
@@ -25,10 +24,8 @@ async def cancel_predictions(provider: VideoProvider, generation_id: str, predic
     async def cancel_one(prediction_id: str) -> None:
         try:
             await asyncio.wait_for(provider.cancel(prediction_id), CANCEL_TIMEOUT_SECONDS)
-            metrics.PROVIDER_CALLS.labels(provider.name, "cancel", "ok").inc()
             log.info("%s: canceled prediction %s", generation_id, prediction_id)
         except Exception as exc:
-            metrics.PROVIDER_CALLS.labels(provider.name, "cancel", "error").inc()
             log.warning("%s: could not cancel prediction %s: %r", generation_id, prediction_id, exc)
 
     await asyncio.gather(*(cancel_one(p) for p in prediction_ids))

@@ -341,3 +341,6 @@ def _every(deps: Any) -> float:
 
 
 sweep = Sweep(name="reconcile", run=reconcile_round, every=_every, at_start=catch_up)
+
+for _action in ("requested", "last_step", "prompted", "outcome", "nothing", "given_up"):
+    metrics.RECONCILER_ACTIONS.labels(_action)  # at 0 from the start: a dashboard shows "none yet"

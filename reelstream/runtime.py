@@ -33,6 +33,7 @@ Guarantees, in the order a message meets them:
 """
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -47,9 +48,10 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
-from reelstream import db, metrics, status
+from reelstream import db, logs, metrics, status, tracing
 from reelstream.events import decode, derive_id, make_event
 from reelstream.kafka import Producer
 from schemas import topics as topic_names
@@ -261,7 +263,16 @@ class StageRunner:
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._chains: dict[tuple[TopicPartition, bytes | None], asyncio.Task[None]] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        #: The next offset to read per partition, as last committed by us: what consumer lag counts from.
+        self._committed: dict[TopicPartition, int] = {}
+        self._lag_at = 0.0
         self.ready = asyncio.Event()
+        # Failure series exist at 0 from the start: "none" on a dashboard, not "no data".
+        for kind in ("transient", "error", "permanent", "undecodable"):
+            metrics.ERRORS.labels(stage.name, kind)
+        metrics.RETRIES.labels(stage.name)
+        for topic in stage.topics:
+            metrics.DEAD_LETTERED.labels(stage.name, topic)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -296,6 +307,7 @@ class StageRunner:
                     for record in records:
                         self._dispatch(tp, record)
                 await self._commit(consumer)
+                await self._measure_lag(consumer)
         finally:
             for task in sweeps:
                 task.cancel()
@@ -397,10 +409,35 @@ class StageRunner:
             return
         try:
             await consumer.commit(offsets)
+            self._committed.update(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # The work is recorded in Postgres; a redelivery will only re-emit. Nothing is lost.
             log.warning(
                 "stage %s: offset commit failed (%s); events will be redelivered", self.stage.name, exc
+            )
+
+    async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Set ``reelstream_consumer_lag`` per assigned partition, at most once a second.
+
+        The high watermark comes with every fetch (no extra request); the committed offset is ours,
+        else the consumer's position (the group's committed offset, or where it started reading).
+        """
+        now = time.monotonic()
+        if now - self._lag_at < 1.0:
+            return
+        self._lag_at = now
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            committed = self._committed.get(tp)
+            if committed is None:
+                try:
+                    committed = await consumer.position(tp)
+                except KafkaError:
+                    continue
+            metrics.CONSUMER_LAG.labels(self.stage.name, tp.topic, str(tp.partition)).set(
+                max(0, highwater - committed)
             )
 
     async def _drain(self, partitions: list[TopicPartition]) -> None:
@@ -421,11 +458,16 @@ class StageRunner:
         for tp in revoked:
             self._pending.pop(tp, None)
             self._tasks.pop(tp, None)
+            self._committed.pop(tp, None)
+            with contextlib.suppress(KeyError):  # another member owns it now and reports its lag
+                metrics.CONSUMER_LAG.remove(self.stage.name, tp.topic, str(tp.partition))
 
     # -- one message ---------------------------------------------------------------------------
     async def _process(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         started = time.monotonic()
         db.caller.set(self.stage.name)  # this task's round trips count as the stage's
+        # This task's log lines carry the job (a task has its own copy of these context variables).
+        logs.bind(stage=self.stage.name, generation_id=_generation_of(record, None))
         try:
             event = decode(record.value)
             model = self.stage.payloads.get(record.topic)
@@ -433,9 +475,26 @@ class StageRunner:
                 raise PermanentError(f"no payload model for topic {record.topic}")
             data = model.model_validate(event.data)
         except (ValueError, ValidationError, PermanentError) as exc:
+            metrics.ERRORS.labels(self.stage.name, "undecodable").inc()
             await self._dead_letter(record, exc)
+            metrics.EVENTS_HANDLED.labels(self.stage.name, record.topic, "dead_lettered").inc()
             return
-        outcome = await self._handle_with_retries(record, event, data)
+        logs.bind(event_id=event.id, generation_id=event.subject, prediction_id=_prediction_of(event))
+        with tracing.span(
+            f"{self.stage.name} {record.topic}",
+            traceparent=event.traceparent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "reelstream.stage": self.stage.name,
+                "reelstream.generation_id": event.subject,
+                "messaging.destination.name": record.topic,
+                "messaging.message.id": event.id,
+            },
+        ) as span:
+            outcome = await self._handle_with_retries(record, event, data)
+            span.set_attribute("reelstream.outcome", outcome)
+            # One line per step, with the job's ids and trace (reelstream/logs.py): one grep follows it.
+            log.info("%s %s %s: %s", self.stage.name, record.topic, event.id, outcome)
         metrics.EVENTS_HANDLED.labels(self.stage.name, record.topic, outcome).inc()
         metrics.HANDLER_SECONDS.labels(self.stage.name).observe(time.monotonic() - started)
 
@@ -453,9 +512,11 @@ class StageRunner:
                 await self._follow_up(event, after)
                 return "duplicate" if duplicate else "handled"
             except PermanentError as exc:
+                metrics.ERRORS.labels(self.stage.name, "permanent").inc()
                 await self._dead_letter(record, exc, event)
                 return "dead_lettered"
             except TRANSIENT as exc:
+                metrics.ERRORS.labels(self.stage.name, "transient").inc()
                 transient += 1
                 now = time.monotonic()
                 first_transient = first_transient or now
@@ -476,6 +537,7 @@ class StageRunner:
                 metrics.RETRIES.labels(self.stage.name).inc()
                 await self._sleep_unless_stopping(delay)
             except Exception as exc:
+                metrics.ERRORS.labels(self.stage.name, "error").inc()
                 permanent += 1
                 if permanent >= self.config.permanent_attempts:
                     log.exception("stage %s: event %s failed %d times", self.stage.name, event.id, permanent)
@@ -642,6 +704,15 @@ class StageRunner:
         metrics.GENERATIONS.labels("failed").inc()
         log.error("%s failed: %s", generation_id, error.message)
         await self._send_with_retries(events)
+
+
+def _prediction_of(event: CloudEvent) -> str | None:
+    """The prediction an event is about (``clip.submitted``, ``clip.completed``), for the log context."""
+    data = event.data
+    found = data.get("prediction_id")
+    if found is None and isinstance(data.get("prediction"), dict):
+        found = data["prediction"].get("id")
+    return found if isinstance(found, str) else None
 
 
 def _generation_of(record: ConsumerRecord[bytes, bytes], event: CloudEvent | None) -> str | None:

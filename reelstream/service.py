@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from reelstream import db, embedded, kafka, mapping
+from reelstream import db, embedded, kafka, logs, mapping, metrics
 from reelstream.providers import VideoProvider
 from reelstream.providers.local import LocalVideoProvider
 from reelstream.runtime import RuntimeConfig, Stage, StageRunner
@@ -199,13 +198,21 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def serve_metrics(port: int, stack: AsyncExitStack) -> None:
-    """A stage process's own ``/metrics`` (and ``/healthz``), on ``port`` (0 disables)."""
+async def serve_metrics(
+    port: int, stack: AsyncExitStack, host: str = "127.0.0.1", *, or_any_port: bool = False
+) -> None:
+    """A stage process's own ``/metrics`` (and ``/healthz``), on ``host:port`` (port 0 disables).
+
+    ``or_any_port``: when ``port`` is taken (the default port, with several stages on one machine),
+    listen on a free port instead and log it, rather than fail. Decided by binding, not by a check
+    beforehand: stages started together would all see the port free.
+    """
     if not port:
         return
 
     async def metrics_view(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -215,16 +222,21 @@ async def serve_metrics(port: int, stack: AsyncExitStack) -> None:
     app.router.add_get("/healthz", health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     stack.push_async_callback(runner.cleanup)
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        if not or_any_port:
+            raise
+        await web.TCPSite(runner, host, 0).start()
+        taken, port = port, runner.addresses[0][1]
+        log.warning("metrics port %d is taken (%s); serving /metrics on port %d", taken, exc.strerror, port)
+    log.info("metrics on http://%s:%d/metrics", host, port)
 
 
-def log_setup(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+def log_setup(level: str, log_format: "logs.Format | None" = None) -> None:
+    """This process's logging: ``log_format`` from ``REELSTREAM_LOG_FORMAT`` (reelstream/logs.py)."""
+    logs.setup(level, log_format)
 
 
 async def run_gateway_task(
@@ -301,6 +313,7 @@ def processes(settings: Settings) -> tuple[list[ChildSpec], dict[str, str]]:
         "REELSTREAM_HTTP_PORT": str(settings.http_port),
         "REELSTREAM_PUBLIC_URL": settings.gateway_url,
         "REELSTREAM_LOG_LEVEL": settings.log_level,
+        "REELSTREAM_LOG_FORMAT": settings.log_format or "text",
         "PYTHONUNBUFFERED": "1",
     }
     command = [sys.executable, "-P", "-m", "reelstream.cli"]

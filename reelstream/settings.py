@@ -3,6 +3,7 @@
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -99,6 +100,13 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
     log_level: str = "INFO"
+    #: ``json``: one JSON object per log line with the job's ids (reelstream/logs.py); unset: text.
+    log_format: Literal["json", "text"] | None = None
+    #: Where a stage process serves its ``/metrics`` (the gateway serves it on its own HTTP port). 0 turns
+    #: it off. ``reelstream serve`` gives each of its stage processes a free port of its own (stack.json).
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    #: ``0.0.0.0`` in a container, so Prometheus reaches it from outside.
+    metrics_host: str = "127.0.0.1"
 
     @field_validator(
         "public_url",
@@ -114,6 +122,7 @@ class Settings(BaseSettings):
         "s3_endpoint_url",
         "api_keys",
         "callback_secret",
+        "log_format",
         mode="before",
     )
     @classmethod

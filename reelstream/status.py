@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from pydantic import BaseModel
 
+from reelstream import metrics
 from reelstream.events import now
 from schemas import topics
 from schemas.api import STATUS_ORDER, TERMINAL, ErrorInfo, Progress
@@ -100,9 +101,10 @@ async def set_status(
     # SELECT beside it see the same snapshot; the clips are not what changes here).
     row = await conn.fetchrow(
         f"WITH moved AS (UPDATE generations SET status = $2, updated_at = now(){assignments}"
-        f" WHERE id = $1 AND {where} RETURNING id)"
-        f" SELECT {_CLIP_COUNTS} FROM moved LEFT JOIN clips c ON c.generation_id = moved.id"
-        " GROUP BY moved.id",
+        f" WHERE id = $1 AND {where} RETURNING id, created_at)"
+        f" SELECT {_CLIP_COUNTS}, extract(epoch FROM now() - moved.created_at)::float8 AS age"
+        " FROM moved LEFT JOIN clips c ON c.generation_id = moved.id"
+        " GROUP BY moved.id, moved.created_at",
         generation_id,
         status,
         *params,
@@ -110,7 +112,8 @@ async def set_status(
     )
     if row is None:
         return False
-    if status in TERMINAL:
+    if status in TERMINAL:  # the order's whole time, by how it ended; and its callback
+        metrics.GENERATION_SECONDS.labels(status).observe(max(0.0, row["age"]))
         await record_callback(conn, generation_id, status)
     emit(
         topics.GENERATION_STATUS,

@@ -236,10 +236,20 @@ async def _pump(child: _Child, stream: asyncio.StreamReader, sink: TextIO, *, wa
         line = raw.decode(errors="replace").rstrip("\r\n")
         child.tail.append(line)
         with contextlib.suppress(OSError, ValueError):  # our stderr is gone: keep draining the child
-            sink.write(prefix + line + "\n")
+            sink.write(_tagged(child.spec.name, line) if line.startswith(_JSON_LINE) else prefix + line)
+            sink.write("\n")
             sink.flush()
         if watch_ready and line.startswith("ready"):
             child.ready.set()
+
+
+#: How a line of ``REELSTREAM_LOG_FORMAT=json`` starts (reelstream/logs.py puts ``time`` first).
+_JSON_LINE = '{"time": '
+
+
+def _tagged(name: str, line: str) -> str:
+    """A child's JSON log line with ``"process": name`` added, still one JSON object (not a prefix)."""
+    return '{"process": ' + json.dumps(name) + ", " + line[1:]
 
 
 async def _keep_running(child: _Child, run: _Run) -> None:

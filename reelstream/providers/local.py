@@ -65,9 +65,10 @@ class LocalVideoProvider:
     ) -> str:
         # Idempotent per marker by construction: the id is derived from it, so ``since`` changes nothing.
         prediction_id = prediction_id_for(marker)
-        if prediction_id not in self._tasks:
-            await asyncio.to_thread(self._save_request, prediction_id, spec, webhook_url)
-            self._start(prediction_id, spec, webhook_url)
+        async with metrics.provider_call(self.name, "create"):
+            if prediction_id not in self._tasks:
+                await asyncio.to_thread(self._save_request, prediction_id, spec, webhook_url)
+                self._start(prediction_id, spec, webhook_url)
         return prediction_id
 
     async def find(self, marker: str, since: datetime) -> str | None:
@@ -90,11 +91,12 @@ class LocalVideoProvider:
         return self._state[prediction_id]
 
     async def cancel(self, prediction_id: str) -> None:
-        task = self._tasks.get(prediction_id)
-        if task is not None and not task.done():
-            self._canceled.add(prediction_id)
-            task.cancel()
-        await asyncio.to_thread(self._request(prediction_id).unlink, missing_ok=True)  # never resumed
+        async with metrics.provider_call(self.name, "cancel"):
+            task = self._tasks.get(prediction_id)
+            if task is not None and not task.done():
+                self._canceled.add(prediction_id)
+                task.cancel()
+            await asyncio.to_thread(self._request(prediction_id).unlink, missing_ok=True)  # never resumed
 
     async def close(self) -> None:
         """Abandon every render and webhook delivery now; what was interrupted resumes after a restart."""

@@ -117,6 +117,10 @@ class ReplicateVideoProvider:
     async def create(
         self, spec: ClipSpec, *, webhook_url: str, marker: str, since: datetime | None = None
     ) -> str:
+        async with metrics.provider_call(self.name, "create", count=False):  # _count says how it went
+            return await self._create(spec, webhook_url=webhook_url, marker=marker, since=since)
+
+    async def _create(self, spec: ClipSpec, *, webhook_url: str, marker: str, since: datetime | None) -> str:
         if since is not None:
             self._uncertain.add(marker)
         since = since or datetime.now(UTC)
@@ -175,11 +179,13 @@ class ReplicateVideoProvider:
         raise ProviderUnavailable(f"could not create a prediction for {marker}")
 
     async def get(self, prediction_id: str) -> Prediction:
-        return Prediction.model_validate(await self._get_json(f"/v1/predictions/{prediction_id}"))
+        async with metrics.provider_call(self.name, "get"):
+            return Prediction.model_validate(await self._get_json(f"/v1/predictions/{prediction_id}"))
 
     async def cancel(self, prediction_id: str) -> None:
         try:
-            await self._request("POST", f"/v1/predictions/{prediction_id}/cancel")
+            async with metrics.provider_call(self.name, "cancel"):
+                await self._request("POST", f"/v1/predictions/{prediction_id}/cancel")
         except ProviderError as exc:  # already finished or unknown: nothing left to stop
             log.info("cancel of %s: %s", prediction_id, exc)
 

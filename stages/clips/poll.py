@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from reelstream import metrics, outstanding, status
+from reelstream import logs, metrics, outstanding, status, tracing
 from reelstream.events import derive_id
 from reelstream.providers import ProviderError, ProviderUnavailable, outcome_event_id
 from reelstream.runtime import Sweep, Sweeper, TransientError
@@ -41,7 +41,8 @@ WHERE (generation_id, clip_id) IN (
     LIMIT $2
     FOR UPDATE OF c SKIP LOCKED
 )
-RETURNING generation_id, clip_id, prediction_id, attempts
+RETURNING generation_id, clip_id, prediction_id, attempts,
+    (SELECT p.traceparent FROM predictions p WHERE p.prediction_id = clips.prediction_id) AS traceparent
 """
 
 
@@ -49,41 +50,51 @@ async def poll_overdue(sweeper: Sweeper) -> None:
     deps: Any = sweeper.deps
     rows = await sweeper.pool.fetch(_CLAIM, float(deps.settings.prediction_poll_seconds), BATCH)
     for row in rows:
-        generation_id, clip_id, prediction_id = row["generation_id"], row["clip_id"], row["prediction_id"]
-        try:
-            prediction = await deps.provider.get(prediction_id)
-        except (ProviderError, ProviderUnavailable) as exc:
-            metrics.PREDICTIONS_POLLED.labels("error").inc()
-            log.warning("%s %s: could not poll prediction %s: %s", generation_id, clip_id, prediction_id, exc)
-            continue
-        if not prediction.terminal:
-            metrics.PREDICTIONS_POLLED.labels(prediction.status).inc()
-            if prediction.status == "processing":
-                await sweeper.pool.execute(
-                    "UPDATE clips SET status = 'processing' WHERE generation_id = $1 AND clip_id = $2"
-                    " AND prediction_id = $3 AND status = 'submitted'",
-                    generation_id,
-                    clip_id,
-                    prediction_id,
-                )
-            continue
-        metrics.PREDICTIONS_POLLED.labels("terminal").inc()
-        log.warning(
-            "%s %s attempt %d: no webhook for prediction %s, polled it: %s",
-            generation_id,
-            clip_id,
-            row["attempts"],
-            prediction_id,
-            prediction.status,
-        )
-        await sweeper.publish(
-            topics.CLIP_COMPLETED,
-            ClipCompleted(
-                generation_id=generation_id, clip_id=clip_id, attempt=row["attempts"], prediction=prediction
-            ),
-            subject=generation_id,
-            event_id=outcome_event_id(prediction),
-        )
+        logs.bind(generation_id=row["generation_id"], prediction_id=row["prediction_id"], event_id=None)
+        # In the trace of the submission, like the webhook it stands in for.
+        with tracing.span("poll prediction", traceparent=row["traceparent"]):
+            await _poll_one(sweeper, row)
+    logs.bind(generation_id=None, prediction_id=None)  # this sweep's later lines are about no job
+
+
+async def _poll_one(sweeper: Sweeper, row: Any) -> None:
+    """Ask after one overdue prediction; publish its outcome if it has ended."""
+    deps: Any = sweeper.deps
+    generation_id, clip_id, prediction_id = row["generation_id"], row["clip_id"], row["prediction_id"]
+    try:
+        prediction = await deps.provider.get(prediction_id)
+    except (ProviderError, ProviderUnavailable) as exc:
+        metrics.PREDICTIONS_POLLED.labels("error").inc()
+        log.warning("%s %s: could not poll prediction %s: %s", generation_id, clip_id, prediction_id, exc)
+        return
+    if not prediction.terminal:
+        metrics.PREDICTIONS_POLLED.labels(prediction.status).inc()
+        if prediction.status == "processing":
+            await sweeper.pool.execute(
+                "UPDATE clips SET status = 'processing' WHERE generation_id = $1 AND clip_id = $2"
+                " AND prediction_id = $3 AND status = 'submitted'",
+                generation_id,
+                clip_id,
+                prediction_id,
+            )
+        return
+    metrics.PREDICTIONS_POLLED.labels("terminal").inc()
+    log.warning(
+        "%s %s attempt %d: no webhook for prediction %s, polled it: %s",
+        generation_id,
+        clip_id,
+        row["attempts"],
+        prediction_id,
+        prediction.status,
+    )
+    await sweeper.publish(
+        topics.CLIP_COMPLETED,
+        ClipCompleted(
+            generation_id=generation_id, clip_id=clip_id, attempt=row["attempts"], prediction=prediction
+        ),
+        subject=generation_id,
+        event_id=outcome_event_id(prediction),
+    )
 
 
 sweep = Sweep(

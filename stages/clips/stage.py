@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from reelstream import outcomes, status
+from reelstream import estimates, metrics, outcomes, status
 from reelstream.events import derive_id
 from reelstream.runtime import Context, Stage
 from reelstream.settings import Settings
@@ -97,6 +97,7 @@ async def _settle(
             clip["prediction_id"],
         )
         return "ignored"
+    _account(settings, done)
     problem = outcomes.problem(done.prediction)
     used = clip["attempts"] - clip["first_attempt"] + 1
     if problem is not None and used < settings.clip_attempts:
@@ -111,6 +112,14 @@ async def _settle(
         done.clip_id,
     )
     return "succeeded" if problem is None else "out of attempts"
+
+
+def _account(settings: Settings, done: ClipCompleted) -> None:
+    """Count the current attempt's outcome once: its compute seconds and what it cost."""
+    price = estimates.price_per_second(estimates.configured_model(settings), settings)
+    provider = "replicate" if settings.replicate_api_token is not None else "local"
+    predict_time = (done.prediction.metrics or {}).get("predict_time")
+    metrics.prediction_finished(provider, done.prediction.status, predict_time, price)
 
 
 stage = Stage(

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from reelstream import mapping, outstanding, status
+from reelstream import mapping, outstanding, status, tracing
 from reelstream.providers import ProviderError, ProviderUnavailable, marker, webhook_url
 from reelstream.runtime import TransientError
 from reelstream.settings import Settings
@@ -129,8 +129,8 @@ _RECORD = """
 WITH sub AS (
     UPDATE submissions SET prediction_id = $5, leased_until = NULL WHERE marker = $4
 ), pred AS (
-    INSERT INTO predictions (prediction_id, generation_id, clip_id, attempt, provider)
-    VALUES ($5, $1, $2, $3, $6) ON CONFLICT DO NOTHING
+    INSERT INTO predictions (prediction_id, generation_id, clip_id, attempt, provider, traceparent)
+    VALUES ($5, $1, $2, $3, $6, $7) ON CONFLICT DO NOTHING
 ), gen AS (
     SELECT status FROM generations WHERE id = $1 FOR UPDATE
 ), clip AS (
@@ -186,7 +186,14 @@ async def _record(
 ) -> bool:
     """Phase 3: the prediction against its marker and its clip; False (and canceled) if the job ended."""
     current = await pool.fetchval(
-        _RECORD, generation_id, clip_id, attempt, mark, prediction_id, deps.provider.name
+        _RECORD,
+        generation_id,
+        clip_id,
+        attempt,
+        mark,
+        prediction_id,
+        deps.provider.name,
+        tracing.current_traceparent(),  # the webhook continues this generation's trace from here
     )
     live = current == "generating"
     if not live:

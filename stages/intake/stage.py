@@ -4,7 +4,7 @@ The gateway already wrote the row so clients never see a 404; intake makes the r
 other producer or a replay, applies the business rules the schema cannot express, and accepts.
 """
 
-from reelstream import callbacks, reconcile, retention, status
+from reelstream import callbacks, census, reconcile, retention, status
 from reelstream.runtime import Context, Stage
 from schemas import topics
 from schemas.api import TERMINAL, GenerationRequest
@@ -56,5 +56,5 @@ stage = Stage(
     name="intake",
     topics=[topics.GENERATION_REQUESTED],
     handler=handle,
-    sweeps=[reconcile.sweep, retention.sweep, callbacks.sweep],
+    sweeps=[reconcile.sweep, retention.sweep, callbacks.sweep, census.sweep],
 )

@@ -27,21 +27,6 @@ from reelstream import db, embedded, kafka
 from reelstream.settings import Settings
 from reelstream.storage import LocalStorage
 
-# -- the broker -----------------------------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture(scope="package", loop_scope="session")
-async def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """The gateway tests' own broker: the orders they publish to ``generation.requested`` must never
-    reach a whole stack that another test package runs on the session's broker (it would render them,
-    and call back their callback URLs)."""
-    service = await embedded.start_kafka(tmp_path_factory.mktemp("gateway-kafka"))
-    try:
-        yield service.url
-    finally:
-        await service.stop()
-
-
 # -- databases ----------------------------------------------------------------------------------------
 
 
@@ -104,9 +89,16 @@ async def fresh_pool(gw_databases: Databases) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def gw_bootstrap(kafka_bootstrap: str) -> str:
-    await kafka.ensure_topics(kafka_bootstrap, kafka.all_topics())
-    return kafka_bootstrap
+async def gw_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The gateway tests' own broker, not the session's: the orders they publish to
+    ``generation.requested`` must never reach a whole stack another test package runs there (it would
+    render them, and call back their callback URLs)."""
+    service = await embedded.start_kafka(tmp_path_factory.mktemp("gateway-kafka"))
+    try:
+        await kafka.ensure_topics(service.url, kafka.all_topics())
+        yield service.url
+    finally:
+        await service.stop()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
