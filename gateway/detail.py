@@ -16,6 +16,7 @@ from schemas.api import (
     Analysis,
     Brand,
     Clip,
+    Compliance,
     ErrorInfo,
     GenerationDetail,
     GenerationSummary,
@@ -111,7 +112,7 @@ def _thumbnail(stored_video: Any) -> str | None:
 
 _GENERATION_COLUMNS = (
     "id, status, prompt, duration_seconds, aspect_ratio, brand, options, analysis, scenes, video, error,"
-    " compute_seconds, created_at, updated_at"
+    " compute_seconds, created_at, updated_at, compliance"
 )
 
 
@@ -145,6 +146,7 @@ async def load_detail(conn: asyncpg.Connection, generation_id: str) -> Generatio
         scenes=[Scene.model_validate(s) for s in row["scenes"]] if row["scenes"] is not None else None,
         clips=clips,
         video=_video(generation_id, row["video"]),
+        compliance=Compliance.model_validate(row["compliance"]) if row["compliance"] else None,
         error=ErrorInfo.model_validate(row["error"]) if row["error"] else None,
         compute_seconds=row["compute_seconds"],
     )

@@ -45,7 +45,7 @@ from gateway.detail import (
 from gateway.errors import PRINCIPAL, ApiError, json_response, not_found, request_id, validation_error
 from gateway.memory import RECENT, owner_digest
 from gateway.publishing import PublishFailed, gateway_event, publish
-from reelstream import metrics, outstanding, status
+from reelstream import finishing, metrics, outstanding, status
 from reelstream.events import derive_id, now
 from schemas import topics
 from schemas.api import (
@@ -239,6 +239,8 @@ async def create_generation(request: web.Request) -> web.Response:
     deps = get_deps(request)
     key = _idempotency_key(request)
     req = await json_body(request, GenerationRequest)
+    if (unfit := finishing.disclaimer_problem(req)) is not None:
+        raise validation_error("brand.guidelines.required_disclaimer", unfit)
     generation_id = "gen_" + uuid.uuid4().hex
     inserted = True
     stored: GenerationCreated | datetime

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the runtime imports this module to fail dead-lettered gener
 _PERCENT = {"queued": 0, "analyzing": 5, "planning": 15, "prompting": 20, "generating": 25, "assembling": 90}
 
 
-_WRITABLE = frozenset({"analysis", "scenes", "video", "error", "compute_seconds"})
+_WRITABLE = frozenset({"analysis", "scenes", "video", "error", "compute_seconds", "compliance"})
 
 
 _CLIP_COUNTS = (
