@@ -106,6 +106,8 @@ def end_card_start(look: Look, boundaries: list[int]) -> int:
     A crossfade blends ``CROSSFADE_HALF`` frames either side of a boundary; an end card starting in
     the incoming half would be faded in over those frames, so it starts before the fade instead.
     """
+    if not any((look.brand_name, look.tagline, look.cta, look.disclaimer)):
+        return look.total_frames  # nothing to say: no end card
     start = max(0, look.total_frames - math.ceil(END_CARD_SECONDS * media.FPS))
     if look.crossfade:
         half = media.CROSSFADE_HALF

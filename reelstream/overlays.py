@@ -283,12 +283,9 @@ def scene_layer(
             size -= 2
         colours = readable(colour)
         box_w = max(round(face.getlength(line)) for line in lines) + 2 * pad
-        box = Box(
-            (width - box_w) // 2,
-            safe.bottom - block.height - 2 * pad,
-            (width + box_w) // 2,
-            safe.bottom,
-        )
+        # Drawn rectangles include their last row: stop short of the safe edge (and of x264's blur).
+        bottom = safe.bottom - max(2, pad // 4)
+        box = Box((width - box_w) // 2, bottom - block.height - 2 * pad, (width + box_w) // 2, bottom)
         draw = ImageDraw.Draw(canvas)
         draw.rounded_rectangle(
             (box.left, box.top, box.right, box.bottom), radius=pad // 2, fill=colours.backing

@@ -9,7 +9,7 @@ import aiohttp
 import av
 import pytest
 
-from schemas.api import DIMENSIONS, status_rank
+from schemas.api import DELIVERY_SIZES, status_rank
 
 from .conftest import Stack
 
@@ -87,7 +87,7 @@ async def test_generation_completes_with_a_valid_video(
     codec, seconds, width, height = probe(out)
     assert codec == "h264"
     assert seconds == pytest.approx(duration, abs=0.1)
-    assert (width, height) == DIMENSIONS[aspect_ratio]
+    assert (width, height) == DELIVERY_SIZES[(aspect_ratio, "720p")]
     # The contract's storage layout, under the local data dir.
     root = stack.settings.data_dir / "storage" / "generations" / generation_id
     assert (root / "final.mp4").is_file() and (root / "thumbnail.jpg").is_file()

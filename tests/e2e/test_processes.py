@@ -17,7 +17,7 @@ import av
 import pytest
 
 from reelstream.embedded import free_port
-from schemas.api import DIMENSIONS
+from schemas.api import DELIVERY_SIZES
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent / "reelstream"
@@ -57,7 +57,7 @@ async def test_demo_makes_a_video_and_exits_zero(tmp_path: Path) -> None:
     codec, seconds, width, height = probe(out)
     assert codec == "h264"
     assert seconds == pytest.approx(10, abs=0.1)
-    assert (width, height) == DIMENSIONS["16:9"]
+    assert (width, height) == DELIVERY_SIZES[("16:9", "720p")]
     # Everything it started is gone: no stack file, nothing listening on its broker.
     assert not (tmp_path / "data" / "stack.json").exists()
 
