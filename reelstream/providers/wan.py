@@ -128,11 +128,11 @@ def _nearest(value: Any, enum: list[Any], spec: ClipSpec) -> Any:
             return ((w >= h) != landscape, upscale if upscale > 1.05 else 1.0, w * h)
 
         return min(sizes, key=distance)[0]
-    lines = [(v, _lines(v)) for v in enum if isinstance(v, str) and _lines(v)]
+    lines: list[tuple[int, str]] = [(n, v) for v in enum if isinstance(v, str) and (n := _lines(v))]
     if lines:  # "720p": the smallest that is at least ours, else the largest offered
         wanted = min(spec.width, spec.height)
-        at_least = sorted((n, v) for v, n in lines if n is not None and n >= wanted)
-        return at_least[0][1] if at_least else max(lines, key=lambda item: item[1] or 0)[0]
+        at_least = sorted(item for item in lines if item[0] >= wanted)
+        return at_least[0][1] if at_least else max(lines)[1]
     ratios = [v for v in enum if isinstance(v, str) and v in ("16:9", "9:16")]
     if ratios and value == "1:1":  # no square: the closer of the two (equal: landscape), cropped
         return "16:9" if "16:9" in ratios else ratios[0]

@@ -9,6 +9,7 @@ disclaimer read back from the end card by OCR (tesseract).
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -193,7 +194,7 @@ async def test_the_finished_ad_for_every_aspect_and_resolution(
         packets = [p for p in container.demux(video) if p.size]
         pts = sorted(p.pts for p in packets if p.pts is not None)
         assert len(packets) == 4 * media.FPS  # exactly the requested length, to the frame
-        steps = {b - a for a, b in zip(pts, pts[1:], strict=False)}
+        steps = {b - a for a, b in itertools.pairwise(pts)}
         assert len(steps) == 1 and float(steps.pop() * video.time_base) == pytest.approx(1 / media.FPS)
         assert float(video.duration * video.time_base) == pytest.approx(4.0, abs=1e-6)
         audio = container.streams.audio[0]
@@ -254,7 +255,7 @@ async def test_a_portrait_caption_sits_inside_the_platform_safe_area(
     ).point(lambda v: 255 if v else 0)
     box = diff.getbbox()
     assert box is not None, "no caption drawn"
-    left, top, right, bottom = box
+    _left, top, _right, bottom = box
     assert top >= 0.14 * 1280 and bottom <= 0.80 * 1280, f"caption rows {top}..{bottom} outside the safe area"
     assert bottom - top > 60  # two lines of real text, not noise
 
