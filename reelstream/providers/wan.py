@@ -131,8 +131,8 @@ def _nearest(value: Any, enum: list[Any], spec: ClipSpec) -> Any:
     lines: list[tuple[int, str]] = [(n, v) for v in enum if isinstance(v, str) and (n := _lines(v))]
     if lines:  # "720p": the smallest that is at least ours, else the largest offered
         wanted = min(spec.width, spec.height)
-        at_least = sorted(item for item in lines if item[0] >= wanted)
-        return at_least[0][1] if at_least else max(lines)[1]
+        big_enough = sorted(item for item in lines if item[0] >= wanted)
+        return big_enough[0][1] if big_enough else max(lines)[1]
     ratios = [v for v in enum if isinstance(v, str) and v in ("16:9", "9:16")]
     if ratios and value == "1:1":  # no square: the closer of the two (equal: landscape), cropped
         return "16:9" if "16:9" in ratios else ratios[0]
