@@ -144,7 +144,7 @@ async def test_generate_command_follows_progress_and_downloads(stack: Stack, tmp
     assert stdout.decode().strip() == str(out.resolve())
     assert "completed" in stderr.decode()  # the live progress bar ends on the terminal status
     codec, seconds, width, height = probe(out)
-    assert (codec, width, height) == ("h264", 640, 640)
+    assert (codec, width, height) == ("h264", 720, 720)  # 1:1 at the default 720p
     assert seconds == pytest.approx(5, abs=0.1)
 
 

@@ -115,7 +115,7 @@ async def test_each_stage_and_the_gateway_as_separate_processes(
                 assert resp.status == 200
                 out.write_bytes(await resp.read())
         codec, seconds, width, height = probe(out)
-        assert (codec, width, height) == ("h264", 480, 832)
+        assert (codec, width, height) == ("h264", 720, 1280)  # 9:16 at the default 720p
         assert seconds == pytest.approx(6, abs=0.1)
     finally:
         for proc in procs:
