@@ -359,7 +359,8 @@ def end_card_layer(
     draw.rounded_rectangle(
         (safe.left, safe.top, safe.right, safe.bottom), radius=_padding(width, height), fill=colours.backing
     )
-    y = inner.top
+    used = sum(b.height for b in blocks) + max(0, len(blocks) - 1) * (smallest // 2)
+    y = inner.top + max(0, (room - used) // 2)  # the name, call and tagline centred above the legal line
     for block in blocks:
         y = _draw_block(draw, block, width // 2, y, colours.text) + smallest // 2
     if legal is not None:

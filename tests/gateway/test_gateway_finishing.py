@@ -11,12 +11,13 @@ async def test_an_unfittable_disclaimer_is_a_422_naming_the_field(gw: Gateway) -
         "aspect_ratio": "9:16",
         "brand": {"name": "Acme", "guidelines": {"required_disclaimer": LONG}},
     }
-    resp = await gw.client.post("/api/v1/generations", json=body)
-    assert resp.status == 422, await resp.text()
-    error = (await resp.json())["error"]
-    assert error["code"] == "validation_error"
-    assert [d["field"] for d in error["details"]] == ["brand.guidelines.required_disclaimer"]
-    assert "legible" in error["details"][0]["message"]
+    for path in ("/api/v1/generations", "/api/v1/estimates"):
+        resp = await gw.client.post(path, json=body)
+        assert resp.status == 422, await resp.text()
+        error = (await resp.json())["error"]
+        assert error["code"] == "validation_error"
+        assert [d["field"] for d in error["details"]] == ["brand.guidelines.required_disclaimer"]
+        assert "legible" in error["details"][0]["message"]
 
 
 async def test_the_same_disclaimer_fits_a_landscape_video_and_a_short_one_fits_any(gw: Gateway) -> None:
