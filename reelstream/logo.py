@@ -20,6 +20,8 @@ from reelstream import storage
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 2 * 1024 * 1024
+#: A logo host gets this long: a clip's finishing must not wait minutes on a slow image server.
+FETCH_SECONDS = 20.0
 MAX_SIDE = 4096
 FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 
@@ -64,14 +66,17 @@ async def fetch(url: str, work_dir: Path, *, allow_private: bool) -> LogoResult:
     """
     dest = work_dir / "logo.bin"
     try:
-        await storage.download(url, dest, max_bytes=MAX_BYTES, allow_private=allow_private)
+        async with asyncio.timeout(FETCH_SECONDS):
+            await storage.download(url, dest, max_bytes=MAX_BYTES, allow_private=allow_private)
+    except TimeoutError:
+        return LogoResult(None, f"not used: the logo host did not answer within {FETCH_SECONDS:.0f} s")
     except storage.StorageError as exc:
         text = str(exc)
         if "larger than" in text:
             return LogoResult(None, f"not used: the logo is larger than {MAX_BYTES // (1024 * 1024)} MiB")
         log.info("logo not fetched: %s", text)
         return LogoResult(None, f"not used: the logo could not be fetched ({_short(text)})")
-    except (OSError, TimeoutError, ValueError) as exc:  # aiohttp errors are OSErrors or ValueErrors
+    except (OSError, ValueError) as exc:  # most aiohttp errors are OSErrors or ValueErrors
         log.info("logo not fetched: %r", exc)
         return LogoResult(None, f"not used: the logo could not be fetched ({type(exc).__name__})")
     except Exception as exc:  # aiohttp.ClientError and friends: a bad logo never fails the order
