@@ -3,11 +3,14 @@
 ``prepare`` does the outside work, with no transaction open: it judges the outcome (the one decision in
 :mod:`reelstream.outcomes`), fetches a usable output as soon as it arrives (Replicate deletes outputs
 after an hour), checks it is a real video, *finishes* it into its piece of the final video (delivery
-size, frame filled, constant frame rate, exactly its share of the frames) while the other clips still
-render, stores the piece as the clip and records it. Once every clip has succeeded the pieces are
-joined by stream copy into ``final.mp4``, with ``thumbnail.jpg``: after the last webhook only the last
-clip's own finishing and a copy remain. A transient failure to fetch is retried; a permanent one fails
-the attempt, and the clips stage resubmits the clip while attempts remain.
+size, frame filled, constant frame rate, exactly its share of the frames, the brand's captions, logo
+and end card from :mod:`reelstream.finishing`) while the other clips still render, stores the piece
+as the clip and records it with its finishing note. Once every clip has succeeded the pieces are
+joined by stream copy (crossfades encode only the frames around each boundary) into ``final.mp4``
+with a silent AAC track, and ``thumbnail.jpg``; the compliance report is recorded with the video.
+After the last webhook only the last clip's own finishing and the join remain. A transient failure to
+fetch is retried; a permanent one fails the attempt, and the clips stage resubmits the clip while
+attempts remain.
 
 ``record`` (in the handling transaction) writes the clip's failure or the generation's completion and
 emits what follows. Every step is safe to repeat: a crash mid-assembly assembles again.
