@@ -39,6 +39,6 @@ routes = web.RouteTableDef()
 @routes.post("/api/v1/estimates")
 async def create_estimate(request: web.Request) -> web.Response:
     req = await json_body(request, GenerationRequest)
-    if (unfit := finishing.disclaimer_problem(req)) is not None:
+    if (unfit := await finishing.unfit_disclaimer(req)) is not None:
         raise validation_error("brand.guidelines.required_disclaimer", unfit)
     return json_response(estimate(req, get_deps(request).settings))

@@ -239,7 +239,7 @@ async def create_generation(request: web.Request) -> web.Response:
     deps = get_deps(request)
     key = _idempotency_key(request)
     req = await json_body(request, GenerationRequest)
-    if (unfit := finishing.disclaimer_problem(req)) is not None:
+    if (unfit := await finishing.unfit_disclaimer(req)) is not None:
         raise validation_error("brand.guidelines.required_disclaimer", unfit)
     generation_id = "gen_" + uuid.uuid4().hex
     inserted = True

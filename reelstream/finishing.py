@@ -239,3 +239,12 @@ def disclaimer_problem(request: GenerationRequest) -> str | None:
         return None
     width, height = DELIVERY_SIZES[(request.aspect_ratio, request.options.resolution)]
     return overlays.disclaimer_problem(brand.guidelines.required_disclaimer, width, height)
+
+
+async def unfit_disclaimer(request: GenerationRequest) -> str | None:
+    """:func:`disclaimer_problem` for the gateway: measured in a thread (font files are read), and only
+    when there is a disclaimer, so the accept path of every other order stays as it was."""
+    brand = request.brand
+    if brand is None or not brand.guidelines.required_disclaimer:
+        return None
+    return await asyncio.to_thread(disclaimer_problem, request)

@@ -112,11 +112,17 @@ async def resolve(names: list[str]) -> FontChoice:
             missing.append(name)
             continue
         regular = await _fc_match(name)
-        if regular is None or not _same_family(name, regular[0]) or not _usable(regular[1]):
+        if regular is None or not _same_family(name, regular[0]):
+            missing.append(name)
+            continue
+        if not await asyncio.to_thread(_usable, regular[1]):
             missing.append(name)
             continue
         bold = await _fc_match(f"{name}:bold")
-        bold_path = bold[1] if bold and _same_family(name, bold[0]) and _usable(bold[1]) else regular[1]
+        bold_ok = (
+            bold is not None and _same_family(name, bold[0]) and await asyncio.to_thread(_usable, bold[1])
+        )
+        bold_path = bold[1] if bold is not None and bold_ok else regular[1]
         return FontChoice(family=name, regular=regular[1], bold=bold_path, note=f"{name} (installed)")
     listed = ", ".join(repr(n) for n in missing)
     return fallback(f"{listed} {'is' if len(missing) == 1 else 'are'} not installed")
