@@ -349,3 +349,19 @@ def test_a_disclaimer_must_fit_at_the_minimum_legible_size(disclaimer: str, aspe
     for resolution in ("480p", "1080p"):
         width, height = DELIVERY_SIZES[(aspect, resolution)]
         assert (overlays.disclaimer_problem(disclaimer, width, height) is None) is fits
+
+
+def test_the_end_card_covers_the_last_seconds_and_never_starts_inside_a_fade() -> None:
+    def look(**options: Any) -> finishing.Look:
+        return finishing.Look.of(
+            aspect_ratio="16:9", duration_seconds=15, brand={"name": "Acme"}, options=options, analysis=None
+        )
+
+    assert finishing.end_card_start(look(), [120, 240]) == 360 - 84  # the last 3.5 s
+    # A boundary 2 frames before the card: the card would fade in; it starts before the fade instead.
+    assert finishing.end_card_start(look(), [274]) == 274 - media.CROSSFADE_HALF
+    assert finishing.end_card_start(look(transitions="cut"), [274]) == 276
+    nothing_to_say = finishing.Look.of(
+        aspect_ratio="16:9", duration_seconds=15, brand=None, options={"include_cta": False}, analysis=None
+    )
+    assert finishing.end_card_start(nothing_to_say, [120]) == 360  # no end card at all
