@@ -8,7 +8,8 @@ from aiohttp import web
 
 from gateway.body import json_body
 from gateway.deps import get_deps
-from gateway.errors import json_response
+from gateway.errors import json_response, validation_error
+from reelstream import finishing
 from reelstream.estimates import (
     LOCAL_MODEL,
     MODEL_COSTS,
@@ -38,4 +39,6 @@ routes = web.RouteTableDef()
 @routes.post("/api/v1/estimates")
 async def create_estimate(request: web.Request) -> web.Response:
     req = await json_body(request, GenerationRequest)
+    if (unfit := await finishing.unfit_disclaimer(req)) is not None:
+        raise validation_error("brand.guidelines.required_disclaimer", unfit)
     return json_response(estimate(req, get_deps(request).settings))

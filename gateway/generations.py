@@ -39,7 +39,7 @@ from gateway.deps import GatewayDeps, get_deps
 from gateway.errors import ApiError, json_response, not_found, request_id, validation_error
 from gateway.memory import RECENT
 from gateway.publishing import PublishFailed, gateway_event, publish
-from reelstream import callbacks, metrics, outstanding, status
+from reelstream import callbacks, finishing, metrics, outstanding, status
 from reelstream.detail import (
     generation_path,
     load_detail,
@@ -284,6 +284,8 @@ async def create_generation(request: web.Request) -> web.Response:
     await check_callback_url(req, deps.settings)
     check_budget(req, deps.settings)
     owner = owner_of(request)
+    if (unfit := await finishing.unfit_disclaimer(req)) is not None:
+        raise validation_error("brand.guidelines.required_disclaimer", unfit)
     generation_id = "gen_" + uuid.uuid4().hex
     inserted = True
     stored: GenerationCreated | datetime

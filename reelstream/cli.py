@@ -193,6 +193,7 @@ async def _demo_client(settings: Settings, prompt: str, out: Path | None, stop: 
                     "name": "Reelstream",
                     "colors": ["#0A84FF", "#FF375F"],
                     "tagline": "Prompt in, video out",
+                    "guidelines": {"required_disclaimer": "Demo video made by reelstream. Not a real offer."},
                 },
             },
             out=out or settings.data_dir / "demo.mp4",

@@ -20,6 +20,7 @@ from schemas.api import (
     Brand,
     CallbackInfo,
     Clip,
+    Compliance,
     Cost,
     ErrorInfo,
     GenerationDetail,
@@ -117,7 +118,7 @@ def _thumbnail(stored_video: Any) -> str | None:
 
 _GENERATION_COLUMNS = (
     "id, status, prompt, duration_seconds, aspect_ratio, brand, options, analysis, scenes, video, error,"
-    " compute_seconds, created_at, updated_at"
+    " compute_seconds, created_at, updated_at, compliance"
 )
 
 
@@ -198,6 +199,7 @@ async def load_detail(
         scenes=[Scene.model_validate(s) for s in row["scenes"]] if row["scenes"] is not None else None,
         clips=clips,
         video=_video(generation_id, row["video"]),
+        compliance=Compliance.model_validate(row["compliance"]) if row["compliance"] else None,
         error=ErrorInfo.model_validate(row["error"]) if row["error"] else None,
         compute_seconds=row["compute_seconds"],
         cost=cost_of(request, row["status"], compute, settings) if settings is not None else None,

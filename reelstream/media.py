@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import tempfile
-import textwrap
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -33,8 +32,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MediaError",
     "NotAVideo",
+    "Overlay",
     "VideoInfo",
+    "assemble",
     "concat",
+    "crossfade_cuts",
     "ffmpeg_exe",
     "finish_args",
     "finish_clip",
@@ -55,21 +57,6 @@ DEFAULT_COLORS: tuple[str, ...] = ("#1E3A8A", "#7C3AED", "#DB2777")
 
 #: How much of ffmpeg's stderr ends up in an exception message (the tail carries the actual error).
 STDERR_TAIL_CHARS = 2000
-
-#: Where a font for captions is looked for when the usual DejaVu path is missing.
-FONT_DIRS: tuple[Path, ...] = (
-    Path("/usr/share/fonts"),
-    Path("/usr/local/share/fonts"),
-    Path("/Library/Fonts"),
-    Path("/System/Library/Fonts"),
-    Path.home() / ".fonts",
-)
-DEJAVU_SANS = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-
-#: Average advance width of a DejaVu Sans glyph as a fraction of the font size, slightly generous so
-#: a wrapped line of capitals still fits (DejaVu is a wide face).
-_CHAR_WIDTH_EM = 0.6
-_LINE_SPACING_EM = 0.25
 
 
 class MediaError(Exception):
@@ -106,6 +93,9 @@ class VideoInfo:
     pix_fmt: str
     #: The container's ``comment`` tag: :func:`finish_clip` marks the pieces it makes with it.
     comment: str = ""
+    #: Whether the file has an audio stream (the final video carries an AAC track).
+    has_audio: bool = False
+    audio_codec: str = ""
 
 
 @functools.cache
@@ -184,6 +174,8 @@ def probe(path: Path) -> VideoInfo:
                 size_bytes=size,
                 pix_fmt=ctx.pix_fmt or first.format.name,
                 comment=str(container.metadata.get("comment", "")),
+                has_audio=bool(container.streams.audio),
+                audio_codec=container.streams.audio[0].codec_context.name if container.streams.audio else "",
             )
     except NotAVideo:
         raise
@@ -255,55 +247,6 @@ def _x264_output_args(fps: int, frames: int) -> list[str]:
     ]  # fmt: skip
 
 
-@functools.cache
-def _find_font() -> Path | None:
-    """A TrueType font for captions: DejaVu Sans if installed, else the first DejaVu/any TTF found.
-
-    A file is passed explicitly because fontconfig setups differ between hosts and containers;
-    ``None`` means drawtext falls back to fontconfig's default.
-    """
-    if DEJAVU_SANS.is_file():
-        return DEJAVU_SANS
-    fallback: Path | None = None
-    for root in FONT_DIRS:
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*.ttf")):
-            if path.name == "DejaVuSans.ttf":
-                return path
-            if fallback is None:
-                fallback = path
-    return fallback
-
-
-def _wrap_caption(caption: str, width: int, height: int) -> tuple[str, int]:
-    """Wrap ``caption`` to fit the frame and pick a font size; returns (text, font size).
-
-    drawtext does not wrap, so lines are broken here with an estimated glyph width. The font shrinks
-    until the block fits in 80% of the height, so a long caption stays readable rather than clipped.
-    Explicit newlines in the caption are kept as paragraph breaks.
-    """
-    paragraphs = [
-        " ".join(line.split()) for line in caption.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    ]
-    while paragraphs and not paragraphs[-1]:
-        paragraphs.pop()
-    while paragraphs and not paragraphs[0]:
-        paragraphs.pop(0)
-    if not paragraphs:
-        return "", 0
-    size = max(12, round(min(width, height) / 13))
-    while True:
-        max_chars = max(4, int(width * 0.88 / (size * _CHAR_WIDTH_EM)))
-        lines: list[str] = []
-        for para in paragraphs:
-            lines.extend(textwrap.wrap(para, max_chars, break_long_words=True) or [""])
-        block = len(lines) * size * (1 + _LINE_SPACING_EM)
-        if block <= height * 0.8 or size <= 12:
-            return "\n".join(lines), size
-        size -= 2
-
-
 def _ffmpeg_color(hex_color: str) -> str:
     """``#RRGGBB`` as ``0xRRGGBB``: the ``#`` form also parses, but 0x needs no thought about escaping."""
     return "0x" + hex_color.lstrip("#")
@@ -345,64 +288,22 @@ def _background_source(spec: ClipSpec, fps: int, frames: int) -> str:
     return "gradients=" + ":".join(opts)
 
 
-def _drawtext_filter(textfile: Path, fontsize: int, font: Path | None) -> str:
-    """drawtext reading the caption from a file, centred on a translucent box.
-
-    ``textfile=`` with ``expansion=none`` means quotes, colons, percent signs and backslashes in the
-    caption are drawn literally with no escaping to get wrong.
-    """
-    opts = [
-        f"textfile={_escape_filter_value(str(textfile))}",
-        "expansion=none",
-        "fontcolor=white",
-        f"fontsize={fontsize}",
-        f"line_spacing={round(fontsize * _LINE_SPACING_EM)}",
-        "text_align=C",
-        "box=1",
-        "boxcolor=black@0.35",
-        f"boxborderw={max(4, fontsize // 2)}",
-        "x=(w-text_w)/2",
-        "y=(h-text_h)/2",
-        "fix_bounds=1",
-    ]
-    if font is not None:
-        opts.insert(0, f"fontfile={_escape_filter_value(str(font))}")
-    return "drawtext=" + ":".join(opts)
-
-
 # --------------------------------------------------------------------------- public operations
 
 
 async def render_clip(spec: ClipSpec, out: Path, *, fps: int = 16) -> VideoInfo:
-    """Render the local provider's clip for ``spec``: moving brand gradient plus the caption.
+    """Render the local provider's clip for ``spec``: a moving gradient in the brand colours, no text.
 
     This stands in for a video model (development, tests, provider outage), so it must honour the
-    spec exactly: size, and a length of ``round(duration * fps)`` frames. If drawing the caption
-    fails (no usable font on the host) the clip is rendered without it rather than failing.
+    spec exactly: size, and a length of ``round(duration * fps)`` frames. Like a model's clip it has
+    no text of its own: captions, logo and end card are the finishing step's work for every provider,
+    so nothing is drawn twice.
     """
     _check_size(spec.width, spec.height)
     frames = _frame_count(spec.duration_seconds, fps)
     source = _background_source(spec, fps, frames)
-    text, fontsize = _wrap_caption(spec.caption, spec.width, spec.height)
-
-    async def encode(vf: str | None) -> None:
-        with _atomic_target(out, ".mp4") as tmp:
-            args = ["-f", "lavfi", "-i", source]
-            if vf:
-                args += ["-vf", vf, "-filter_threads", str(THREADS)]
-            await run_ffmpeg(*args, *_x264_output_args(fps, frames), str(tmp))
-
-    if text:
-        with tempfile.TemporaryDirectory(prefix="reelstream-caption-") as tmpdir:
-            textfile = Path(tmpdir) / "caption.txt"
-            textfile.write_text(text, encoding="utf-8")
-            try:
-                await encode(_drawtext_filter(textfile, fontsize, _find_font()))
-            except MediaError as exc:
-                log.warning("caption drawing failed for clip %s, rendering without it: %s", spec.clip_id, exc)
-                await encode(None)
-    else:
-        await encode(None)
+    with _atomic_target(out, ".mp4") as tmp:
+        await run_ffmpeg("-f", "lavfi", "-i", source, *_x264_output_args(fps, frames), str(tmp))
     return await asyncio.to_thread(probe, out)
 
 
@@ -437,27 +338,96 @@ def _encoder_slot() -> asyncio.Semaphore:
     return slot
 
 
-def piece_tag(width: int, height: int, frames: int, fps: int = FPS) -> str:
-    """What a finished piece says of itself (its ``comment`` tag): made here, to this exact format."""
-    return f"reelstream-piece/1 {width}x{height} {fps}fps {frames}f"
+@dataclass(frozen=True)
+class Overlay:
+    """A transparent PNG laid over frames ``[start, end)`` of a piece (an end card, a caption layer)."""
+
+    image: Path
+    start: int
+    end: int
 
 
-def finish_args(clip: Path, out: Path, *, frames: int, width: int, height: int, fps: int = FPS) -> list[str]:
-    """The ffmpeg arguments of :func:`finish_clip` (the benchmarks run the same graph bare)."""
+#: Frames on each side of a boundary that a crossfade takes (12 frames = 0.5 s at 24 fps in all).
+CROSSFADE_HALF = 6
+
+
+def crossfade_cuts(frames: int, half: int = CROSSFADE_HALF) -> list[int]:
+    """Where a piece gets keyframes so the assembly can cut its head and tail off by stream copy.
+
+    Only pieces long enough for both a head and a tail (four halves) take part in crossfades.
+    """
+    return [half, frames - half] if frames >= 4 * half else []
+
+
+def piece_tag(width: int, height: int, frames: int, fps: int = FPS, look: str = "") -> str:
+    """What a finished piece says of itself (its ``comment`` tag): made here, to this exact format.
+
+    ``look`` names the overlays and keyframes (a digest), so a piece finished with other brand layers
+    is never taken for this one.
+    """
+    tag = f"reelstream-piece/2 {width}x{height} {fps}fps {frames}f"
+    return f"{tag} {look}" if look else tag
+
+
+def _look(overlays: list[Overlay], keyframes: list[int]) -> str:
+    if not overlays and not keyframes:
+        return ""
+    digest = zlib.crc32(repr(keyframes).encode())
+    for item in overlays:
+        digest = zlib.crc32(item.image.read_bytes() + f"{item.start}:{item.end}".encode(), digest)
+    return f"look-{digest:08x}"
+
+
+def finish_args(
+    clip: Path,
+    out: Path,
+    *,
+    frames: int,
+    width: int,
+    height: int,
+    fps: int = FPS,
+    overlays: list[Overlay] | None = None,
+    keyframes: list[int] | None = None,
+    look: str = "",
+) -> list[str]:
+    """The ffmpeg arguments of :func:`finish_clip` (the benchmarks run the same graph bare).
+
+    The overlays are further inputs (still PNGs) composited with ``overlay``, each enabled over its
+    frame range; their paths are arguments, never part of the filter graph text.
+    """
     hold = frames / fps
-    video_filter = (
+    chain = (
         "setpts=PTS-STARTPTS,"
         f"scale={width}:{height}:force_original_aspect_ratio=increase,crop={width}:{height},"
-        f"setsar=1,fps={fps},tpad=stop_mode=clone:stop_duration={hold:.4f},format=yuv420p,"
+        f"setsar=1,fps={fps},tpad=stop_mode=clone:stop_duration={hold:.4f}"
+    )
+    tail = (
+        "format=yuv420p,"
         # Tagged on the frames: the encoder takes colour tags from them, not from output options.
         "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv"
     )
+    inputs = ["-i", str(clip)]
+    layers = overlays or []
+    if layers:
+        graph = [f"[0:v]{chain}[v0]"]
+        for i, item in enumerate(layers, start=1):
+            inputs += ["-i", str(item.image)]
+            graph.append(
+                f"[v{i - 1}][{i}:v]overlay=x=0:y=0:eof_action=repeat:"
+                f"enable='between(n,{item.start},{item.end - 1})'[v{i}]"
+            )
+        graph.append(f"[v{len(layers)}]{tail}[out]")
+        video = ["-filter_complex", ";".join(graph), "-map", "[out]"]
+    else:
+        video = ["-vf", f"{chain},{tail}"]
+    keys = ["-force_key_frames", "expr:" + "+".join(f"eq(n,{k})" for k in keyframes)] if keyframes else []
     return [
-        "-i", str(clip),
-        "-vf", video_filter,
+        *inputs,
+        *video,
         "-filter_threads", str(THREADS),
         "-video_track_timescale", str(TIMESCALE),
-        "-metadata", f"comment={piece_tag(width, height, frames, fps)}",
+        "-metadata", f"comment={piece_tag(width, height, frames, fps, look)}",
+        *keys,
         *_x264_output_args(fps, frames),
         str(out),
     ]  # fmt: skip
@@ -472,39 +442,194 @@ async def finish_clip(
     height: int,
     fps: int = FPS,
     source: VideoInfo | None = None,
+    overlays: list[Overlay] | None = None,
+    keyframes: list[int] | None = None,
 ) -> VideoInfo:
     """Turn one provider clip into a finished piece of the final video, as soon as the clip lands.
 
     Providers return clips of varying size, rate and length. The piece is the delivery size with the
     frame filled (scaled to cover and centre-cropped, never padded), ``fps`` constant, yuv420p tagged
-    BT.709, and exactly ``frames`` long (cut, or held on its last frame when the clip falls short).
-    Every piece is encoded alike, so the final video is a stream-copy join (:func:`concat`) and only
+    BT.709, exactly ``frames`` long (cut, or held on its last frame when the clip falls short), with
+    the brand's ``overlays`` burned in and keyframes at ``keyframes`` (where a crossfade will cut it).
+    Every piece is encoded alike, so the final video is a stream-copy join (:func:`assemble`) and only
     the last clip's own finishing remains once its webhook arrives. A clip that already is such a
     piece (``source``, its probe, carries the very tag this call would write) is copied as it is.
     """
     _check_size(width, height)
-    if source is not None and source.comment == piece_tag(width, height, frames, fps):
+    layers = overlays or []
+    look = await asyncio.to_thread(_look, layers, keyframes or [])
+    if source is not None and source.comment == piece_tag(width, height, frames, fps, look):
         with _atomic_target(out, ".mp4") as tmp:
             await asyncio.to_thread(shutil.copyfile, clip, tmp)
         return await asyncio.to_thread(probe, out)
+    args = finish_args(
+        clip, out, frames=frames, width=width, height=height, fps=fps,
+        overlays=layers, keyframes=keyframes, look=look,
+    )  # fmt: skip
     async with _encoder_slot():
         with _atomic_target(out, ".mp4") as tmp:
-            await run_ffmpeg(*finish_args(clip, tmp, frames=frames, width=width, height=height, fps=fps))
+            await run_ffmpeg(*args[:-1], str(tmp))
     return await asyncio.to_thread(probe, out)
 
 
-async def concat(pieces: list[Path], out: Path) -> VideoInfo:
-    """Join finished pieces (:func:`finish_clip`) in order without re-encoding: a stream copy."""
+async def _split(piece: Path, cuts: list[int], work: Path, name: str) -> list[Path]:
+    """Cut a piece at keyframes ``cuts`` (frame numbers) by stream copy; returns the parts in order."""
+    if not cuts:
+        return [piece]
+    pattern = work / f"{name}-%d.mp4"
+    await run_ffmpeg(
+        "-i", str(piece), "-map", "0:v:0", "-c", "copy",
+        "-f", "segment", "-segment_frames", ",".join(str(c) for c in cuts),
+        "-reset_timestamps", "1", "-segment_format", "mp4",
+        "-segment_format_options", f"video_track_timescale={TIMESCALE}",
+        str(pattern),
+    )  # fmt: skip
+    parts = [work / f"{name}-{i}.mp4" for i in range(len(cuts) + 1)]
+    missing = [p.name for p in parts if not p.is_file()]
+    if missing:
+        raise _NotSplittable(f"splitting {piece.name} at frames {cuts} did not make {', '.join(missing)}")
+    counts = await asyncio.to_thread(lambda: [_frames_in(p) for p in parts])
+    wanted = [b - a for a, b in zip([0, *cuts], [*cuts, sum(counts)], strict=True)]
+    if counts != wanted:
+        raise _NotSplittable(f"{piece.name} has no keyframes at {cuts} (parts of {counts} frames)")
+    return parts
+
+
+class _NotSplittable(MediaError):
+    """A piece without keyframes where a crossfade would cut it (finished before crossfades existed)."""
+
+
+def _frames_in(path: Path) -> int:
+    """Frames of an MP4's video track, from its index (nothing is decoded)."""
+    with av.open(str(path)) as container:
+        return int(container.streams.video[0].frames)
+
+
+async def _crossfade(tail: Path, head: Path, out: Path, *, half: int, fps: int) -> None:
+    """The ``2 * half`` frames around a boundary: the end of one scene dissolving into the next.
+
+    The outgoing side holds its last frame and the incoming side its first for the half they would
+    otherwise lack, so the boundary keeps its length and neither scene repeats a frame.
+    """
+    frames = 2 * half
+    graph = (
+        f"[0:v]setpts=PTS-STARTPTS,fps={fps},tpad=stop_mode=clone:stop={half}[a];"
+        f"[1:v]setpts=PTS-STARTPTS,fps={fps},tpad=start_mode=clone:start={half}[b];"
+        f"[a][b]xfade=transition=fade:duration={frames / fps:.4f}:offset=0,format=yuv420p,"
+        "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv[out]"
+    )
+    async with _encoder_slot():
+        with _atomic_target(out, ".mp4") as tmp:
+            await run_ffmpeg(
+                "-i", str(tail), "-i", str(head),
+                "-filter_complex", graph, "-map", "[out]",
+                "-filter_threads", str(THREADS),
+                "-video_track_timescale", str(TIMESCALE),
+                *_x264_output_args(fps, frames),
+                str(tmp),
+            )  # fmt: skip
+
+
+async def assemble(
+    pieces: list[Path],
+    frames: list[int],
+    out: Path,
+    *,
+    crossfade: bool,
+    fps: int = FPS,
+    half: int = CROSSFADE_HALF,
+) -> VideoInfo:
+    """The final video: pieces joined by stream copy, crossfaded at the boundaries, with an AAC track.
+
+    With ``crossfade`` each boundary between two pieces long enough (see :func:`crossfade_cuts`) is
+    replaced by a short dissolve made from the outgoing piece's last ``half`` frames and the incoming
+    one's first ``half``; the rest of every piece is cut out at its keyframes by stream copy, so the
+    total length is unchanged and only ``2 * half`` frames per boundary are encoded here. The audio is
+    silence (for now) encoded once to the exact length of the video.
+    """
+    if not pieces or len(pieces) != len(frames):
+        raise ValueError("assemble needs one frame count per piece")
+    total = sum(frames)
+    with tempfile.TemporaryDirectory(prefix="reelstream-assemble-") as tmpdir:
+        work = Path(tmpdir)
+        joined: list[Path] = list(pieces)
+        if crossfade and len(pieces) > 1:
+            try:
+                joined = await _crossfaded(pieces, frames, work, fps=fps, half=half)
+            except _NotSplittable as exc:
+                log.warning("joining with hard cuts: %s", exc)
+        return await concat(joined, out, audio_seconds=total / fps)
+
+
+async def _crossfaded(
+    pieces: list[Path], frames: list[int], work: Path, *, fps: int, half: int
+) -> list[Path]:
+    """The parts to concatenate: each piece's body, and a dissolve at each boundary long enough."""
+    fades = [
+        bool(crossfade_cuts(frames[i], half)) and bool(crossfade_cuts(frames[i + 1], half))
+        for i in range(len(pieces) - 1)
+    ]
+    bodies: list[Path] = []
+    heads: list[Path | None] = []
+    tails: list[Path | None] = []
+    for i, piece in enumerate(pieces):
+        left = i > 0 and fades[i - 1]
+        right = i < len(pieces) - 1 and fades[i]
+        cuts = ([half] if left else []) + ([frames[i] - half] if right else [])
+        parts = await _split(piece, cuts, work, f"p{i:03d}")
+        heads.append(parts[0] if left else None)
+        tails.append(parts[-1] if right else None)
+        bodies.append(parts[1] if left else parts[0])
+    joins: list[asyncio.Task[None]] = []
+    transitions: list[Path | None] = []
+    for i, fade in enumerate(fades):
+        if not fade:
+            transitions.append(None)
+            continue
+        tail, head = tails[i], heads[i + 1]
+        assert tail is not None and head is not None
+        path = work / f"x{i:03d}.mp4"
+        transitions.append(path)
+        joins.append(asyncio.create_task(_crossfade(tail, head, path, half=half, fps=fps)))
+    try:
+        await asyncio.gather(*joins)
+    except BaseException:
+        for task in joins:
+            task.cancel()
+        await asyncio.gather(*joins, return_exceptions=True)
+        raise
+    joined: list[Path] = []
+    for i, body in enumerate(bodies):
+        joined.append(body)
+        if i < len(transitions) and transitions[i] is not None:
+            joined.append(transitions[i])  # type: ignore[arg-type]
+    return joined
+
+
+async def concat(pieces: list[Path], out: Path, *, audio_seconds: float | None = None) -> VideoInfo:
+    """Join finished pieces in order without re-encoding the video: a stream copy.
+
+    With ``audio_seconds`` a silent AAC track of exactly that length is muxed in (encoded once here;
+    a later issue brings voice and music).
+    """
     if not pieces:
         raise ValueError("concat needs at least one piece")
     with tempfile.TemporaryDirectory(prefix="reelstream-concat-") as tmp:
         listing = Path(tmp) / "pieces.txt"
         lines = "".join(f"file '{_concat_path(p)}'\n" for p in pieces)
         await asyncio.to_thread(listing.write_text, lines)
+        audio: list[str] = []
+        if audio_seconds is not None:
+            audio = [
+                "-f", "lavfi", "-t", f"{audio_seconds:.6f}",
+                "-i", "anullsrc=channel_layout=stereo:sample_rate=48000",
+                "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "96k",
+            ]  # fmt: skip
         with _atomic_target(out, ".mp4") as target:
             await run_ffmpeg(
                 "-f", "concat", "-safe", "0", "-i", str(listing),
-                "-c", "copy", "-movflags", "+faststart", "-f", "mp4",
+                *audio,
+                "-c:v", "copy", "-movflags", "+faststart", "-f", "mp4",
                 str(target),
             )  # fmt: skip
     return await asyncio.to_thread(probe, out)

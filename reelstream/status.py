@@ -22,7 +22,9 @@ if TYPE_CHECKING:  # the runtime imports this module to fail dead-lettered gener
 _PERCENT = {"queued": 0, "analyzing": 5, "planning": 15, "prompting": 20, "generating": 25, "assembling": 90}
 
 
-_WRITABLE = frozenset({"analysis", "scenes", "video", "error", "compute_seconds", "assembly_event"})
+_WRITABLE = frozenset(
+    {"analysis", "scenes", "video", "error", "compute_seconds", "assembly_event", "compliance"}
+)
 
 
 _CLIP_COUNTS = (

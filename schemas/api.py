@@ -263,7 +263,22 @@ class Video(BaseModel):
     duration_seconds: float
     width: int
     height: int
+    #: Constant frame rate of the file (probed); None for videos made before it was recorded.
+    fps: float | None = None
+    #: Whether the file carries an audio track (AAC; silence until voice and music arrive).
+    has_audio: bool | None = None
     thumbnail_url: str | None = None
+
+
+class Compliance(BaseModel):
+    """What the finished video does with the brand's rules (null in the detail until assembled)."""
+
+    avoided_words_removed: list[str] = Field(default_factory=list)
+    disclaimer_on_screen_seconds: float | None = None
+    #: ``placed``, ``none`` (no logo_url), or why a given logo could not be used.
+    logo: str = "none"
+    #: The font the on-screen text was drawn with, and why when it is the shipped fallback.
+    fonts: str | None = None
 
 
 class ErrorInfo(BaseModel):
@@ -325,6 +340,7 @@ class GenerationDetail(BaseModel):
     scenes: list[Scene] | None = None
     clips: list[Clip] = Field(default_factory=list)
     video: Video | None = None
+    compliance: Compliance | None = None
     error: ErrorInfo | None = None
     compute_seconds: float | None = None
     cost: Cost | None = None
@@ -391,9 +407,6 @@ def field_errors(errors: list[Any]) -> list[FieldError]:
         out.append(FieldError(field=loc, message=str(err.get("msg", "invalid"))))
     return out
 
-
-#: Output size per aspect ratio (Wan's 480p family; the local renderer and the final video use it).
-DIMENSIONS: dict[str, tuple[int, int]] = {"16:9": (832, 480), "9:16": (480, 832), "1:1": (640, 640)}
 
 #: The finished video's size per aspect ratio and ``options.resolution`` (the contract's table).
 DELIVERY_SIZES: dict[tuple[str, str], tuple[int, int]] = {

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 
 _WEBHOOK_ATTEMPTS = 8
 
+#: The renderer's own shapes (Wan's 480p family, plus a square): like a model, it renders at its native
+#: size and the finishing step scales and crops to the delivery size, which keeps local renders cheap.
+NATIVE_SIZES: dict[str, tuple[int, int]] = {"16:9": (832, 480), "9:16": (480, 832), "1:1": (480, 480)}
+
+
+def native(spec: ClipSpec) -> ClipSpec:
+    """``spec`` at the renderer's native size for its aspect ratio."""
+    width, height = NATIVE_SIZES.get(spec.aspect_ratio, (spec.width, spec.height))
+    return spec.model_copy(update={"width": width, "height": height})
+
 
 def prediction_id_for(marker: str) -> str:
     """Deterministic per submission marker: a repeated create for the same attempt is the same prediction."""
@@ -118,7 +128,7 @@ class LocalVideoProvider:
             async with self._semaphore:
                 self._state[prediction_id] = Prediction(id=prediction_id, status="processing")
                 await asyncio.to_thread(self.output_dir.mkdir, parents=True, exist_ok=True)
-                await media.render_clip(spec, self._output(prediction_id))
+                await media.render_clip(native(spec), self._output(prediction_id))
             result = Prediction(
                 id=prediction_id,
                 status="succeeded",

@@ -47,6 +47,7 @@ def build_input(
     offered: dict[str, Any] = {
         "prompt": spec.prompt,
         "aspect_ratio": spec.aspect_ratio,
+        # The delivery size's lines ("720p"); a model without it gets its closest (see ``_nearest``).
         "resolution": f"{min(spec.width, spec.height)}p",
         "size": f"{spec.width}*{spec.height}",
         "duration": spec.duration_seconds,
@@ -117,15 +118,30 @@ def _nearest(value: Any, enum: list[Any], spec: ClipSpec) -> Any:
         at_least = [v for v in numbers if v >= value]
         return at_least[0] if at_least else (numbers[-1] if numbers else None)
     sizes = [(v, _size(v)) for v in enum if isinstance(v, str) and _size(v)]
-    if sizes:  # "1280*720": same orientation first, then the area nearest ours
+    if sizes:  # "1280*720": same orientation, then the smallest that covers ours when cropped
         landscape = spec.width >= spec.height
 
-        def distance(item: tuple[str, tuple[int, int] | None]) -> tuple[bool, int]:
-            w, h = item[1] or (0, 0)
-            return ((w >= h) != landscape, abs(w * h - spec.width * spec.height))
+        def distance(item: tuple[str, tuple[int, int] | None]) -> tuple[bool, float, int]:
+            w, h = item[1] or (1, 1)
+            upscale = max(spec.width / w, spec.height / h)  # > 1: the model's frame must be enlarged
+            # Up to 5 % enlargement is invisible (832x480 for an 854x480 delivery): take the smaller.
+            return ((w >= h) != landscape, upscale if upscale > 1.05 else 1.0, w * h)
 
         return min(sizes, key=distance)[0]
+    lines: list[tuple[int, str]] = [(n, v) for v in enum if isinstance(v, str) and (n := _lines(v))]
+    if lines:  # "720p": the smallest that is at least ours, else the largest offered
+        wanted = min(spec.width, spec.height)
+        big_enough = sorted(item for item in lines if item[0] >= wanted)
+        return big_enough[0][1] if big_enough else max(lines)[1]
+    ratios = [v for v in enum if isinstance(v, str) and v in ("16:9", "9:16")]
+    if ratios and value == "1:1":  # no square: the closer of the two (equal: landscape), cropped
+        return "16:9" if "16:9" in ratios else ratios[0]
     return None
+
+
+def _lines(value: str) -> int | None:
+    """480 for ``"480p"``: a resolution named by its lines."""
+    return int(value[:-1]) if value.endswith("p") and value[:-1].isdigit() else None
 
 
 def _size(value: str) -> tuple[int, int] | None:

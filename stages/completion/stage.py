@@ -3,13 +3,15 @@
 ``prepare`` does the outside work, with no transaction open: it judges the outcome (the one decision in
 :mod:`reelstream.outcomes`), fetches a usable output as soon as it arrives (Replicate deletes outputs
 after an hour), checks it is a real video, *finishes* it into its piece of the final video (delivery
-size, frame filled, constant frame rate, exactly its share of the frames) while the other clips still
-render, stores the piece as the clip and records it. A generation's clips are finished side by side
+size, frame filled, constant frame rate, exactly its share of the frames, the brand's captions, logo
+and end card from :mod:`reelstream.finishing`) while the other clips still render, stores the piece
+as the clip and records it with its finishing note. A generation's clips are finished side by side
 (the stage orders its events by clip, not by generation), so clips that land together do not queue
-behind each other. Once every clip has succeeded the pieces are joined by stream copy into
-``final.mp4``, with ``thumbnail.jpg``: after the last webhook only the last clip's own finishing and a
-copy remain. A transient failure to fetch is retried; a permanent one fails
-the attempt, and the clips stage resubmits the clip while attempts remain.
+behind each other. Once every clip has succeeded the pieces are joined by stream copy (crossfades
+encode only the frames around each boundary) into ``final.mp4`` with a silent AAC track, and
+``thumbnail.jpg``; the compliance report is recorded with the video. After the last webhook only the
+last clip's own finishing and the join remain. A transient failure to fetch is retried; a permanent
+one fails the attempt, and the clips stage resubmits the clip while attempts remain.
 
 ``record`` (in the handling transaction) writes the clip's failure or the generation's completion and
 emits what follows. Every step is safe to repeat: a crash mid-assembly assembles again.
@@ -24,10 +26,10 @@ from typing import Any
 
 import asyncpg
 
-from reelstream import media, metrics, outcomes, outstanding, status, storage
+from reelstream import finishing, media, metrics, outcomes, outstanding, status, storage
 from reelstream.runtime import Context, PermanentError, Stage, TransientError
 from schemas import topics
-from schemas.api import DIMENSIONS, Video
+from schemas.api import Compliance, Video
 from schemas.envelope import CloudEvent
 from schemas.events import ClipCompleted, GenerationCompleted, Prediction
 
@@ -50,6 +52,7 @@ class ClipStored:
 class Assembled:
     video: Video
     compute_seconds: float
+    compliance: Compliance
 
 
 Prepared = ClipFailed | ClipStored | Assembled | None
@@ -58,7 +61,8 @@ Prepared = ClipFailed | ClipStored | Assembled | None
 async def prepare(ctx: Context[ClipCompleted]) -> Prepared:
     done = ctx.data
     row = await ctx.pool.fetchrow(
-        "SELECT g.status, g.aspect_ratio, c.status AS clip_status, c.attempts, c.prediction_id,"
+        "SELECT g.status, g.aspect_ratio, g.duration_seconds AS total_seconds, g.brand, g.options,"
+        " g.analysis, g.prompt, c.spec, c.status AS clip_status, c.attempts, c.prediction_id,"
         " c.duration_seconds, (SELECT COALESCE(sum(p.duration_seconds), 0) FROM clips p"
         "  WHERE p.generation_id = g.id AND p.idx < c.idx) AS start_seconds"
         " FROM generations g LEFT JOIN clips c ON c.generation_id = g.id AND c.clip_id = $2"
@@ -107,7 +111,11 @@ async def record(ctx: Context[ClipCompleted]) -> None:
     elif isinstance(result, Assembled):
         video = result.video
         completed = await status.advance(
-            ctx, "completed", video=video.model_dump(mode="json"), compute_seconds=result.compute_seconds
+            ctx,
+            "completed",
+            video=video.model_dump(mode="json"),
+            compute_seconds=result.compute_seconds,
+            compliance=result.compliance.model_dump(mode="json"),
         )
         if completed:
             ctx.emit(
@@ -123,23 +131,69 @@ async def record(ctx: Context[ClipCompleted]) -> None:
             )
 
 
+def _look(row: asyncpg.Record) -> finishing.Look:
+    return finishing.Look.of(
+        aspect_ratio=row["aspect_ratio"],
+        duration_seconds=float(row["total_seconds"]),
+        brand=row["brand"],
+        options=row["options"],
+        analysis=row["analysis"],
+        prompt=row["prompt"] or "",
+    )
+
+
+async def _boundaries(pool: asyncpg.Pool, generation_id: str) -> list[int]:
+    """Frame numbers where one clip's piece ends and the next begins."""
+    durations = await pool.fetch(
+        "SELECT duration_seconds FROM clips WHERE generation_id = $1 ORDER BY idx", generation_id
+    )
+    ends, at = [], 0.0
+    for row in durations[:-1]:
+        at += float(row["duration_seconds"])
+        ends.append(round(at * media.FPS))
+    return ends
+
+
 async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: asyncpg.Record) -> None:
-    """Fetch the output, check it is a video, finish it into its piece, store that as the clip, record."""
+    """Fetch the output, check it is a video, finish it into its piece (delivery size, the brand's
+    layers, crossfade keyframes), store that as the clip, record it with its finishing note."""
     url = done.prediction.output_url
     assert url is not None  # outcomes.problem() said it is usable
     store: storage.Storage = ctx.deps.storage
-    width, height = DIMENSIONS[row["aspect_ratio"]]
-    frames = media.piece_frames(float(row["start_seconds"]), float(row["duration_seconds"]))
+    look = _look(row)
+    width, height = look.width, look.height
+    start_seconds = float(row["start_seconds"])
+    frames = media.piece_frames(start_seconds, float(row["duration_seconds"]))
+    caption = str((row["spec"] or {}).get("caption", ""))
+    boundaries = await _boundaries(ctx.pool, ctx.generation_id)
     with tempfile.TemporaryDirectory(prefix="reelstream-clip-") as tmp:
         raw, piece = Path(tmp) / "output.mp4", Path(tmp) / "piece.mp4"
         await storage.download(url, raw, max_bytes=store.max_bytes, allow_private=store.allow_private)
         source = await asyncio.to_thread(media.probe, raw)
-        await media.finish_clip(raw, piece, frames=frames, width=width, height=height, source=source)
+        layers = await finishing.clip_layers(
+            look,
+            caption=caption,
+            start=round(start_seconds * media.FPS),
+            frames=frames,
+            boundaries=boundaries,
+            work_dir=Path(tmp),
+            allow_private=store.allow_private,
+        )
+        await media.finish_clip(
+            raw,
+            piece,
+            frames=frames,
+            width=width,
+            height=height,
+            source=source,
+            overlays=layers.overlays,
+            keyframes=media.crossfade_cuts(frames) if look.crossfade else None,
+        )
         await store.put_file(storage.clip_key(ctx.generation_id, done.clip_id), piece, "video/mp4")
     predict_time = (done.prediction.metrics or {}).get("predict_time")
     await ctx.pool.execute(
         "UPDATE clips SET status = 'succeeded', storage_key = $4, predict_time = $5, error = NULL,"
-        " prediction_id = COALESCE(prediction_id, $6), outcome = $7, updated_at = now()"
+        " prediction_id = COALESCE(prediction_id, $6), outcome = $7, finishing = $8, updated_at = now()"
         " WHERE generation_id = $1 AND clip_id = $2 AND attempts = $3"
         " AND status IN ('pending', 'submitted', 'processing')",
         ctx.generation_id,
@@ -149,6 +203,7 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
         float(predict_time) if isinstance(predict_time, int | float) else None,
         done.prediction.id,
         ctx.event.model_dump(mode="json"),
+        layers.note,
     )
     log.info(
         "%s %s finished: %s %.2fs %dx%d in, %d frames %dx%d out",
@@ -234,10 +289,18 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
             )
         elif claim["assembly_event"] not in (None, ctx.event.id):
             return ClipStored()  # another clip's event is assembling it
-        clips = await conn.fetch(
-            "SELECT storage_key, predict_time FROM clips WHERE generation_id = $1 ORDER BY idx",
+        generation = await conn.fetchrow(
+            "SELECT status, aspect_ratio, duration_seconds AS total_seconds, brand, options, analysis, prompt"
+            " FROM generations WHERE id = $1",
             ctx.generation_id,
         )
+        clips = await conn.fetch(
+            "SELECT storage_key, predict_time, duration_seconds, finishing FROM clips"
+            " WHERE generation_id = $1 ORDER BY idx",
+            ctx.generation_id,
+        )
+    if generation is None or generation["status"] != "assembling":
+        return None  # canceled meanwhile
     await ctx.flush()  # clients see "assembling" while the pieces are joined
     store: storage.Storage = ctx.deps.storage
     with tempfile.TemporaryDirectory(prefix="reelstream-final-") as tmp:
@@ -249,7 +312,12 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
                 await store.get_file(row["storage_key"], path)
             pieces.append(path)
         final, thumb = Path(tmp) / "final.mp4", Path(tmp) / "thumbnail.jpg"
-        info = await media.concat(pieces, final)
+        look = _look(generation)
+        frames, at = [], 0.0
+        for row in clips:
+            frames.append(media.piece_frames(at, float(row["duration_seconds"])))
+            at += float(row["duration_seconds"])
+        info = await media.assemble(pieces, frames, final, crossfade=look.crossfade)
         await media.thumbnail(final, thumb, at_seconds=min(1.0, info.duration_seconds / 2))
         await store.put_file(storage.final_key(ctx.generation_id), final, "video/mp4")
         await store.put_file(storage.thumbnail_key(ctx.generation_id), thumb, "image/jpeg")
@@ -258,9 +326,12 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
         duration_seconds=round(info.duration_seconds, 3),
         width=info.width,
         height=info.height,
+        fps=info.fps,
+        has_audio=info.has_audio,
         thumbnail_url=f"/api/v1/generations/{ctx.generation_id}/thumbnail",
     )
-    return Assembled(video, sum(r["predict_time"] or 0.0 for r in clips))
+    compliance = finishing.report(look, [row["finishing"] for row in clips])
+    return Assembled(video, sum(r["predict_time"] or 0.0 for r in clips), compliance)
 
 
 def _by_clip(event: CloudEvent) -> str:

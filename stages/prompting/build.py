@@ -11,7 +11,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from schemas.api import DIMENSIONS, Analysis, GenerationRequest, Scene, SceneKind
+from reelstream.wording import has_avoided, remove_words
+from schemas.api import DELIVERY_SIZES, Analysis, GenerationRequest, Scene, SceneKind
 from schemas.events import ClipPlan, ClipSpec
 
 MAX_CAPTION_CHARS = 90
@@ -66,40 +67,6 @@ class Part:
 
 
 # --- compliance --------------------------------------------------------------------------------
-
-
-def _avoid_pattern(phrase: str) -> re.Pattern[str]:
-    """A whole-word, case-insensitive match for a word or phrase, plurals included."""
-    words = [re.escape(w) for w in phrase.split()]
-    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?:s|es)?(?!\w)", re.IGNORECASE)
-
-
-def _tidy(text: str) -> str:
-    """Repair the gaps a removal leaves: doubled spaces, orphaned commas, leading punctuation."""
-    text = re.sub(r"[ \t]{2,}", " ", text)
-    text = re.sub(r"\s+([,.;:!?…])", r"\1", text)
-    text = re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", text)
-    text = re.sub(r"\(\s*\)|“\s*”|\"\s*\"", "", text)
-    return text.strip(_TRIM)
-
-
-def remove_words(text: str, avoid: Iterable[str]) -> str:
-    """``text`` with every avoided word or phrase removed (whole words, any case).
-
-    Repeated until nothing changes, because removing one word can bring two others together into
-    an avoided phrase ("free free shipping shipping").
-    """
-    patterns = [_avoid_pattern(w) for w in avoid if w.strip()]
-    if not patterns:
-        return text
-    for _ in range(16):
-        before = text
-        for pattern in patterns:
-            text = pattern.sub(" ", text)
-        text = _tidy(text)
-        if text == before:
-            break
-    return text
 
 
 # --- prompt trimming ---------------------------------------------------------------------------
@@ -209,11 +176,6 @@ def negative_prompt(request: GenerationRequest) -> str:
 
 
 # --- captions ----------------------------------------------------------------------------------
-
-
-def has_avoided(text: str, avoid: Sequence[str]) -> bool:
-    """Whether ``text`` contains any avoided word or phrase (whole words, any case)."""
-    return any(_avoid_pattern(w).search(text) for w in avoid if w.strip())
 
 
 def _first_clean(candidates: Iterable[str | None], avoid: Sequence[str], limit: int) -> str:
@@ -336,7 +298,7 @@ def build_clip_specs(
     avoid = analysis.brand.avoid_words if analysis.brand is not None else []
     disclaimer = analysis.brand.required_disclaimer if analysis.brand is not None else None
     shots = Counter(c.scene_id for c in clips)
-    width, height = DIMENSIONS[request.aspect_ratio]
+    width, height = DELIVERY_SIZES[(request.aspect_ratio, request.options.resolution)]
     seen_in_scene: Counter[str] = Counter()
     seen_of_kind: Counter[str] = Counter()
     closing = _disclaimer_index(clips)

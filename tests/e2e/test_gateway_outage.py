@@ -16,7 +16,7 @@ import av
 import pytest
 from tcp_proxy import TcpProxy
 
-from schemas.api import DIMENSIONS, TERMINAL
+from schemas.api import DELIVERY_SIZES, TERMINAL
 
 from .conftest import running_stack, stack_settings
 
@@ -93,7 +93,7 @@ async def test_orders_taken_during_a_database_outage_all_complete(
                 codec, seconds, width, height = probe(out)
                 assert codec == "h264"
                 assert seconds == pytest.approx(duration, abs=0.1)
-                assert (width, height) == DIMENSIONS[aspect]
+                assert (width, height) == DELIVERY_SIZES[(aspect, "720p")]
             async with session.get(f"{stack.url}/readyz") as resp:
                 assert resp.status == 200
             print(

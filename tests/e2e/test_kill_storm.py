@@ -130,6 +130,9 @@ async def submit_all(api: str) -> list[str]:
                 "prompt": f"Order {n}: a lighthouse keeper's morning, warm light, calm sea",
                 "duration_seconds": 5 if n % 2 else 10,
                 "aspect_ratio": "16:9",
+                # The storm is about durability: 480p keeps each order's encoding work what it was
+                # before the 720p default (the finished-ad tests cover every delivery size).
+                "options": {"resolution": "480p"},
             }
             async with session.post(f"{api}/api/v1/generations", json=body) as resp:
                 assert resp.status == 202, await resp.text()

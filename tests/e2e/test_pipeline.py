@@ -9,7 +9,7 @@ import aiohttp
 import av
 import pytest
 
-from schemas.api import DIMENSIONS, status_rank
+from schemas.api import DELIVERY_SIZES, status_rank
 
 from .conftest import Stack
 
@@ -87,7 +87,7 @@ async def test_generation_completes_with_a_valid_video(
     codec, seconds, width, height = probe(out)
     assert codec == "h264"
     assert seconds == pytest.approx(duration, abs=0.1)
-    assert (width, height) == DIMENSIONS[aspect_ratio]
+    assert (width, height) == DELIVERY_SIZES[(aspect_ratio, "720p")]
     # The contract's storage layout, under the local data dir.
     root = stack.settings.data_dir / "storage" / "generations" / generation_id
     assert (root / "final.mp4").is_file() and (root / "thumbnail.jpg").is_file()
@@ -144,7 +144,7 @@ async def test_generate_command_follows_progress_and_downloads(stack: Stack, tmp
     assert stdout.decode().strip() == str(out.resolve())
     assert "completed" in stderr.decode()  # the live progress bar ends on the terminal status
     codec, seconds, width, height = probe(out)
-    assert (codec, width, height) == ("h264", 640, 640)
+    assert (codec, width, height) == ("h264", 720, 720)  # 1:1 at the default 720p
     assert seconds == pytest.approx(5, abs=0.1)
 
 

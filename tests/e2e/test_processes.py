@@ -17,7 +17,7 @@ import av
 import pytest
 
 from reelstream.embedded import free_port
-from schemas.api import DIMENSIONS
+from schemas.api import DELIVERY_SIZES
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent / "reelstream"
@@ -57,7 +57,7 @@ async def test_demo_makes_a_video_and_exits_zero(tmp_path: Path) -> None:
     codec, seconds, width, height = probe(out)
     assert codec == "h264"
     assert seconds == pytest.approx(10, abs=0.1)
-    assert (width, height) == DIMENSIONS["16:9"]
+    assert (width, height) == DELIVERY_SIZES[("16:9", "720p")]
     # Everything it started is gone: no stack file, nothing listening on its broker.
     assert not (tmp_path / "data" / "stack.json").exists()
 
@@ -115,7 +115,7 @@ async def test_each_stage_and_the_gateway_as_separate_processes(
                 assert resp.status == 200
                 out.write_bytes(await resp.read())
         codec, seconds, width, height = probe(out)
-        assert (codec, width, height) == ("h264", 480, 832)
+        assert (codec, width, height) == ("h264", 720, 1280)  # 9:16 at the default 720p
         assert seconds == pytest.approx(6, abs=0.1)
     finally:
         for proc in procs:

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from reelstream import db, metrics, service
 from reelstream.replay import PIPELINE_TOPICS, select_events
-from schemas.api import DIMENSIONS
+from schemas.api import DELIVERY_SIZES
 
 from .conftest import Stack, running_stack, stack_settings
 
@@ -278,4 +278,4 @@ async def test_force_starts_a_new_attempt_that_completes(finished: Finished, tmp
             video.write_bytes(await resp.read())
     codec, seconds, width, height = probe(video)
     assert codec == "h264" and seconds == pytest.approx(5, abs=0.1)
-    assert (width, height) == DIMENSIONS["1:1"]
+    assert (width, height) == DELIVERY_SIZES[("1:1", "720p")]

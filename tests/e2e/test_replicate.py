@@ -6,6 +6,9 @@ and moto's S3 server. Everything else is the real stack: tansu, Postgres, Redis,
 """
 
 import asyncio
+import io
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,9 +22,13 @@ import pytest
 import redis.asyncio as aioredis
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from aiohttp import web
 from fake_openai import FakeOpenAI
 from fake_replicate import WAN_22_T2V_FAST, FakeReplicate
+from loopback import serve
+from PIL import Image, ImageOps
 
+from reelstream import overlays
 from reelstream.providers import ProviderUnavailable, VideoProvider
 from reelstream.webhooks import sign
 from schemas.events import ClipSpec, Prediction
@@ -107,11 +114,19 @@ async def db(cloud: Stack) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def submit(stack: Stack, duration: int = 10, **options: Any) -> str:
+async def submit(
+    stack: Stack,
+    duration: int = 10,
+    *,
+    brand: dict[str, Any] | None = None,
+    aspect: str = "16:9",
+    **options: Any,
+) -> str:
     body = {
         "prompt": f"Trail runners at sunrise on a ridge, fast cuts ({uuid.uuid4().hex[:6]})",
         "duration_seconds": duration,
-        "brand": {"name": "Acme", "colors": ["#0A84FF"], "tagline": "Run further"},
+        "aspect_ratio": aspect,
+        "brand": brand or {"name": "Acme", "colors": ["#0A84FF"], "tagline": "Run further"},
         "options": {"parallel_clips": True, **options},
     }
     async with (
@@ -208,9 +223,15 @@ async def test_generation_completes_on_replicate_with_files_in_s3(
     with av.open(str(tmp_path / "final.mp4")) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
-        assert (stream.width, stream.height) == (832, 480)
-        assert container.duration is not None
-        assert abs(container.duration / 1_000_000 - 10) < 0.1
+        assert (stream.width, stream.height) == (1280, 720)  # 16:9 at the default 720p
+        assert sum(1 for p in container.demux(stream) if p.size) == 10 * 24  # 10 s to the frame
+        assert [a.codec_context.name for a in container.streams.audio] == ["aac"]
+    assert (result["video"]["width"], result["video"]["height"]) == (1280, 720)
+    assert result["video"]["fps"] == 24 and result["video"]["has_audio"] is True
+    assert (
+        result["compliance"]["logo"] == "none"
+        and result["compliance"]["disclaimer_on_screen_seconds"] is None
+    )
 
     # Any gateway resolves the webhooks of these predictions from Redis, and from Postgres without it.
     redis = aioredis.Redis.from_url(redis_url)
@@ -482,3 +503,86 @@ async def test_an_output_refused_for_good_fails_the_attempt_and_the_clip_is_made
     assert result["status"] == "completed", result["error"]
     assert len(created_for(replicate, result["generation_id"])) == len(result["clips"]) + 1
     assert sorted(c["attempts"] for c in result["clips"])[-1] == 2
+
+
+# -- the finished ad: the brand applied to plain model clips -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def logo_url() -> AsyncIterator[str]:
+    """A brand's logo on a web server: a magenta PNG."""
+    buf = io.BytesIO()
+    Image.new("RGBA", (200, 100), (255, 0, 255, 255)).save(buf, "PNG")
+
+    async def logo(_: web.Request) -> web.Response:
+        return web.Response(body=buf.getvalue(), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/logo.png", logo)
+    runner, port = await serve(app)
+    try:
+        yield f"http://127.0.0.1:{port}/logo.png"
+    finally:
+        await runner.cleanup()
+
+
+async def download_final(stack: Stack, generation_id: str, dest: Path) -> Path:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{stack.url}/api/v1/generations/{generation_id}/video") as resp:
+            assert resp.status == 200
+            await asyncio.to_thread(dest.write_bytes, await resp.read())
+    return dest
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="install the Debian package tesseract-ocr")
+async def test_a_portrait_ad_carries_the_brand_whatever_the_model_rendered(
+    cloud: Stack, logo_url: str, tmp_path: Path
+) -> None:
+    brand = {
+        "name": "Acme",
+        "colors": ["#0A84FF"],
+        "tagline": "Run further",
+        "logo_url": logo_url,
+        "guidelines": {"dont": ["cheap"], "required_disclaimer": "Terms apply. Offer ends 31 March."},
+    }
+    result = await generate(cloud, 5, brand=brand, aspect="9:16", cta_text="Shop now")
+    assert result["status"] == "completed", result["error"]
+    assert result["video"]["width"] == 720 and result["video"]["height"] == 1280
+    assert result["compliance"]["logo"] == "placed"
+    assert result["compliance"]["disclaimer_on_screen_seconds"] >= 3.0
+    final = await download_final(cloud, result["generation_id"], tmp_path / "final.mp4")
+    with av.open(str(final)) as container:
+        assert sum(1 for p in container.demux(video=0) if p.size) == 5 * 24
+    with av.open(str(final)) as container:
+        frames = {i: f.to_image() for i, f in enumerate(container.decode(video=0)) if i in (10, 110)}
+    logo_box = overlays.place_logo(Image.new("RGBA", (200, 100)), 720, 1280).box
+    centre = ((logo_box.left + logo_box.right) // 2, (logo_box.top + logo_box.bottom) // 2)
+    for i, frame in frames.items():
+        r, g, b = frame.getpixel(centre)[:3]
+        assert r > 200 and g < 90 and b > 200, f"no logo in frame {i}"
+    safe = overlays.safe_area(720, 1280)
+    card = ImageOps.grayscale(frames[110].crop((safe.left, safe.top, safe.right, safe.bottom)))
+    card.save(tmp_path / "card.png")
+    read = subprocess.run(
+        ["tesseract", str(tmp_path / "card.png"), "-", "--psm", "6"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "terms apply" in " ".join(read.stdout.split()).casefold(), read.stdout
+
+
+async def test_a_bad_logo_and_an_unknown_font_still_make_the_video_and_the_report_says_why(
+    cloud: Stack, logo_url: str
+) -> None:
+    brand = {
+        "name": "Acme",
+        "fonts": ["No Such Font Sans"],
+        "logo_url": logo_url.replace("logo.png", "missing.png"),
+    }
+    result = await generate(cloud, 5, brand=brand, aspect="1:1", resolution="480p", transitions="cut")
+    assert result["status"] == "completed", result["error"]
+    assert (result["video"]["width"], result["video"]["height"]) == (480, 480)
+    compliance = result["compliance"]
+    assert compliance["logo"].startswith("not used") and "404" in compliance["logo"]
+    assert "No Such Font Sans" in compliance["fonts"] and "fallback" in compliance["fonts"]

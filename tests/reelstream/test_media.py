@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -22,14 +21,14 @@ from reelstream.media import (
     run_ffmpeg,
     thumbnail,
 )
-from schemas.api import DIMENSIONS
+from schemas.api import DELIVERY_SIZES
 from schemas.events import ClipSpec
 
 TRICKY_CAPTION = 'Say "hello": 50% off!\nIt\'s {x} \\ %{pts} & more; [a],b'
 
 
 def make_spec(aspect: str = "16:9", duration: float = 1.0, **overrides: Any) -> ClipSpec:
-    width, height = DIMENSIONS[aspect]
+    width, height = DELIVERY_SIZES[(aspect, "480p")]
     fields: dict[str, Any] = {
         "clip_id": f"clip-{aspect}-{duration}",
         "scene_id": "scene-1",
@@ -121,35 +120,25 @@ async def test_render_clip_background_moves(tmp_path: Path) -> None:
 
 async def test_render_clip_single_colour_and_no_caption(tmp_path: Path) -> None:
     info = await render_clip(make_spec("16:9", 1.0, caption="   \n ", colors=["#123456"]), tmp_path / "c.mp4")
-    assert_h264(info, 832, 480, 1.0)
+    assert_h264(info, 854, 480, 1.0)
 
 
 async def test_render_clip_into_directory_with_filter_special_characters(tmp_path: Path) -> None:
     directory = tmp_path / "we:ird's [dir],x;y"
     info = await render_clip(make_spec("1:1", 1.0), directory / "c.mp4")
-    assert_h264(info, 640, 640, 1.0)
+    assert_h264(info, 480, 480, 1.0)
 
 
-async def test_render_clip_falls_back_without_caption_when_drawtext_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(media, "_drawtext_filter", lambda *args: "drawtext=no_such_option=1")
-    with caplog.at_level(logging.WARNING, logger="reelstream.media"):
-        info = await render_clip(make_spec("16:9", 1.0), tmp_path / "c.mp4")
-    assert_h264(info, 832, 480, 1.0)
-    assert "caption drawing failed" in caplog.text
-    assert leftovers(tmp_path) == []
-
-
-async def test_render_clip_with_unusable_font_file_uses_fontconfig(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # drawtext built with fontconfig silently falls back to the default font for a bad fontfile.
-    monkeypatch.setattr(media, "_find_font", lambda: tmp_path / "missing-font.ttf")
-    with caplog.at_level(logging.WARNING, logger="reelstream.media"):
-        info = await render_clip(make_spec("1:1", 1.0), tmp_path / "c.mp4")
-    assert_h264(info, 640, 640, 1.0)
-    assert "caption drawing failed" not in caplog.text
+async def test_render_clip_draws_no_text(tmp_path: Path) -> None:
+    """The renderer stands in for a model: plain clips; captions are the finishing step's."""
+    with_caption = tmp_path / "a.mp4"
+    without = tmp_path / "b.mp4"
+    await render_clip(make_spec("16:9", 0.5, caption="BIG WORDS"), with_caption)
+    await render_clip(make_spec("16:9", 0.5, caption=""), without)
+    with av.open(str(with_caption)) as a, av.open(str(without)) as b:
+        assert [bytes(f.planes[0]) for f in a.decode(video=0)] == [
+            bytes(f.planes[0]) for f in b.decode(video=0)
+        ]
 
 
 def child_processes() -> list[int]:
@@ -193,28 +182,6 @@ async def test_render_clip_replaces_existing_file(tmp_path: Path) -> None:
     assert info.codec == "h264"
 
 
-# --------------------------------------------------------------------------- caption layout
-
-
-def test_wrap_caption_fits_width_and_keeps_newlines() -> None:
-    text, size = media._wrap_caption("first line\n" + "word " * 40, 480, 832)
-    lines = text.split("\n")
-    assert lines[0] == "first line"
-    max_chars = int(480 * 0.88 / (size * media._CHAR_WIDTH_EM))
-    assert all(len(line) <= max_chars for line in lines)
-    assert len(lines) > 2
-
-
-def test_wrap_caption_shrinks_font_for_long_text() -> None:
-    _, short_size = media._wrap_caption("Hi", 832, 480)
-    _, long_size = media._wrap_caption("lorem ipsum " * 60, 832, 480)
-    assert long_size < short_size
-
-
-def test_wrap_caption_empty() -> None:
-    assert media._wrap_caption(" \n\n ", 640, 640) == ("", 0)
-
-
 def test_escape_filter_value() -> None:
     assert media._escape_filter_value("a:b'c") == "a\\\\:b\\\\\\'c"
     assert media._escape_filter_value("[x],y;z") == "\\[x\\]\\,y\\;z"
@@ -251,7 +218,7 @@ def test_piece_frames_add_up_to_the_whole_video_to_the_frame() -> None:
 async def test_a_finished_piece_fills_the_delivery_frame_at_a_constant_rate(
     tmp_path: Path, clips: list[Path], source: int, aspect: str
 ) -> None:
-    width, height = DIMENSIONS[aspect]
+    width, height = DELIVERY_SIZES[(aspect, "480p")]
     out = tmp_path / "piece.mp4"
     info = await media.finish_clip(clips[source], out, frames=60, width=width, height=height)
     assert_h264(info, width, height, 2.5)
@@ -269,7 +236,7 @@ async def test_a_finished_piece_fills_the_delivery_frame_at_a_constant_rate(
 async def test_a_short_clip_is_held_on_its_last_frame(tmp_path: Path, clips: list[Path]) -> None:
     out = tmp_path / "piece.mp4"
     # The 2 s clip, 3 s asked: the last frame is held for the last second.
-    await media.finish_clip(clips[2], out, frames=72, width=640, height=640)
+    await media.finish_clip(clips[2], out, frames=72, width=480, height=480)
     with av.open(str(out)) as container:
         lumas = [bytes(f.planes[0]) for f in container.decode(video=0)]
     assert len(lumas) == 72
@@ -291,11 +258,11 @@ async def test_pieces_join_by_stream_copy_into_exactly_the_requested_length(
     for i, (clip, start, duration) in enumerate(zip(clips, starts, durations, strict=True)):
         piece = tmp_path / f"piece{i}.mp4"
         frames = media.piece_frames(start, duration)
-        await media.finish_clip(clip, piece, frames=frames, width=832, height=480)
+        await media.finish_clip(clip, piece, frames=frames, width=854, height=480)
         pieces.append(piece)
     out = tmp_path / "final.mp4"
     info = await media.concat(pieces, out)
-    assert_h264(info, 832, 480, 7.0)
+    assert_h264(info, 854, 480, 7.0)
     assert info.duration_seconds == pytest.approx(7.0, abs=0.001)
     assert count_frames(out) == 168
     assert_faststart(out)
@@ -311,16 +278,16 @@ async def test_a_clip_that_already_is_the_piece_is_copied_not_encoded_again(
     tmp_path: Path, clips: list[Path]
 ) -> None:
     piece = tmp_path / "piece.mp4"
-    await media.finish_clip(clips[0], piece, frames=48, width=832, height=480)
+    await media.finish_clip(clips[0], piece, frames=48, width=854, height=480)
     again = tmp_path / "again.mp4"
     source = probe(piece)
-    assert source.comment == media.piece_tag(832, 480, 48)
-    await media.finish_clip(piece, again, frames=48, width=832, height=480, source=source)
+    assert source.comment == media.piece_tag(854, 480, 48)
+    await media.finish_clip(piece, again, frames=48, width=854, height=480, source=source)
     assert again.read_bytes() == piece.read_bytes()
     # Another share of the frames is another piece: encoded anew.
     other = tmp_path / "other.mp4"
-    await media.finish_clip(piece, other, frames=40, width=832, height=480, source=source)
-    assert count_frames(other) == 40 and probe(other).comment == media.piece_tag(832, 480, 40)
+    await media.finish_clip(piece, other, frames=40, width=854, height=480, source=source)
+    assert count_frames(other) == 40 and probe(other).comment == media.piece_tag(854, 480, 40)
 
 
 async def test_concat_failure_leaves_no_output(tmp_path: Path, clips: list[Path]) -> None:
@@ -348,7 +315,7 @@ async def test_thumbnail_is_jpeg(tmp_path: Path, clips: list[Path]) -> None:
     assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
     with av.open(str(out)) as container:
         frame = next(container.decode(video=0))
-    assert (frame.width, frame.height) == (832, 480)
+    assert (frame.width, frame.height) == (854, 480)
     assert leftovers(tmp_path) == []
 
 

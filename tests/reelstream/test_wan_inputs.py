@@ -6,12 +6,14 @@ import pytest
 
 from reelstream.providers import ProviderError
 from reelstream.providers.wan import build_input, input_properties
-from schemas.api import DIMENSIONS
+from schemas.api import DELIVERY_SIZES
 from schemas.events import ClipSpec
 
 
-def clip(aspect_ratio: str = "16:9", seconds: float = 4.0, **extra: Any) -> ClipSpec:
-    width, height = DIMENSIONS[aspect_ratio]  # type: ignore[index]
+def clip(
+    aspect_ratio: str = "16:9", seconds: float = 4.0, resolution: str = "480p", **extra: Any
+) -> ClipSpec:
+    width, height = DELIVERY_SIZES[(aspect_ratio, resolution)]
     fields: dict[str, Any] = {
         "clip_id": "clip_00",
         "scene_id": "scene_00",
@@ -76,11 +78,20 @@ def test_wan_22_gets_frames_rate_resolution_and_no_field_it_lacks() -> None:
     assert "negative_prompt" not in built and "duration" not in built and "size" not in built
 
 
-def test_wan_22_caps_frames_and_leaves_an_aspect_ratio_it_lacks_to_its_default() -> None:
+def test_wan_22_caps_frames_and_asks_a_square_order_for_landscape_to_crop() -> None:
     properties, required = input_properties(WAN_22)
     built = build_input(clip("1:1", seconds=10), properties, required)
     assert built["num_frames"] == 121
-    assert "aspect_ratio" not in built
+    assert built["aspect_ratio"] == "16:9"  # no 1:1 on Wan 2.2: the closer shape, centre-cropped later
+
+
+@pytest.mark.parametrize(
+    ("aspect", "resolution", "asked"),
+    [("16:9", "480p", "480p"), ("9:16", "720p", "720p"), ("1:1", "720p", "720p"), ("16:9", "1080p", "720p")],
+)
+def test_wan_22_is_asked_for_its_closest_native_resolution(aspect: str, resolution: str, asked: str) -> None:
+    properties, required = input_properties(WAN_22)
+    assert build_input(clip(aspect, resolution=resolution), properties, required)["resolution"] == asked
 
 
 def test_wan_25_gets_size_duration_and_negative_prompt() -> None:
@@ -97,9 +108,12 @@ def test_wan_25_gets_size_duration_and_negative_prompt() -> None:
     assert build_input(clip("9:16", seconds=7), properties, required)["duration"] == 10
 
 
-def test_square_clip_picks_the_nearest_size_on_a_model_without_squares() -> None:
+def test_square_clip_picks_the_smallest_size_that_covers_it_when_cropped() -> None:
     properties, required = input_properties(WAN_25)
-    assert build_input(clip("1:1"), properties, required)["size"] in ("832*480", "1280*720")
+    assert build_input(clip("1:1", resolution="480p"), properties, required)["size"] == "832*480"
+    assert build_input(clip("1:1", resolution="720p"), properties, required)["size"] == "1280*720"
+    assert build_input(clip("16:9", resolution="720p"), properties, required)["size"] == "1280*720"
+    assert build_input(clip("9:16", resolution="1080p"), properties, required)["size"] == "720*1280"
 
 
 def test_no_seed_and_no_negative_prompt_are_not_sent() -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from schemas.api import DIMENSIONS, GenerationRequest
+from schemas.api import DELIVERY_SIZES, GenerationRequest
 from schemas.events import ClipSpec
 from stages.analysis.offline import analyze_offline
 from stages.planning.plan import plan_scenes
@@ -168,7 +168,7 @@ def test_caption_without_brand_uses_the_hook() -> None:
 @pytest.mark.parametrize("aspect_ratio", ["16:9", "9:16", "1:1"])
 def test_dimensions_follow_the_aspect_ratio(aspect_ratio: str) -> None:
     for spec in specs(request(aspect_ratio=aspect_ratio)):
-        assert (spec.width, spec.height) == DIMENSIONS[aspect_ratio]
+        assert (spec.width, spec.height) == DELIVERY_SIZES[(aspect_ratio, "720p")]
         assert spec.aspect_ratio == aspect_ratio
 
 
