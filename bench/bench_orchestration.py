@@ -1,10 +1,11 @@
 """Orchestration: generations per second end to end when media work is only a copy.
 
 The provider stand-in answers every prediction at once with a clip that already is its finished piece
-(832x480, 24 fps, exactly one 5 s share, tagged by ``media.finish_clip``), so completion copies it and
-the final video is a stream-copy join: what is measured is reelstream's own orchestration — the stages,
-Kafka, Postgres, the webhook path. Orders are 25 s (five 5 s clips), no brand. Beside it, the ceiling:
-a raw aiokafka consume→produce pass-through on the same broker, in events per second.
+(the 720p delivery size, 24 fps, exactly one 5 s share, tagged by ``media.finish_clip``), so completion
+copies it and the final video is a stream-copy join: what is measured is reelstream's own orchestration
+— the stages, Kafka, Postgres, the webhook path. Orders are 50 s (ten 5 s clips), no brand, no captions,
+no end card, hard cuts. Beside it, the ceiling: a raw aiokafka consume→produce pass-through on the same
+broker, in events per second.
 
 Targets: ≥ 20 generations/s with 5 clips each; POST → first prediction p99 < 250 ms. (Orders here have
 ten 5 s clips — see ``ORDER`` — so clips/s is the comparable figure.)
@@ -24,26 +25,33 @@ import common
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from reelstream import media
+from schemas.api import DELIVERY_SIZES
 from schemas.events import ClipSpec
 
 ORDERS = int(os.environ.get("BENCH_ORDERS", "30"))
 AT_ONCE = 16
-#: 50 s: the planner's 20/50/30 split then cuts it into ten clips of exactly 5 s, each the prerendered
-#: piece's share, so every clip is copied (a 25 s order's 4.2 s and 3.8 s clips would be re-encoded).
-ORDER = {"prompt": "Kites over dunes at noon, playful and light", "duration_seconds": 50}
+#: 50 s: the planner's 30/70 split (no CTA scene) then cuts it into ten clips of exactly 5 s, each
+#: the prerendered piece's share, so every clip is copied (other lengths would be re-encoded).
+ORDER = {
+    "prompt": "Kites over dunes at noon, playful and light",
+    "duration_seconds": 50,
+    # No finishing asked (no brand, no captions, no end card, cuts): every clip is copied as it is.
+    "options": {"captions": False, "include_cta": False, "transitions": "cut"},
+}
 CLIPS_PER_ORDER = 10
+WIDTH, HEIGHT = DELIVERY_SIZES[("16:9", "720p")]
 PASS_THROUGH = 20_000
 
 
 async def finished_piece(directory: Path) -> Path:
     spec = ClipSpec(
         clip_id="clip_00", scene_id="scene_00", scene_kind="intro", index=0, duration_seconds=5.0,
-        aspect_ratio="16:9", width=832, height=480, prompt="bench", negative_prompt="", caption="",
+        aspect_ratio="16:9", width=WIDTH, height=HEIGHT, prompt="bench", negative_prompt="", caption="",
         colors=[], seed=1,
     )  # fmt: skip
     raw, piece = directory / "raw.mp4", directory / "piece.mp4"
     await media.render_clip(spec, raw, fps=24)
-    await media.finish_clip(raw, piece, frames=media.piece_frames(0.0, 5.0), width=832, height=480)
+    await media.finish_clip(raw, piece, frames=media.piece_frames(0.0, 5.0), width=WIDTH, height=HEIGHT)
     return piece
 
 

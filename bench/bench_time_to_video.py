@@ -1,7 +1,7 @@
 """Time to video: what reelstream adds to the provider's time, for one order and for twenty at once.
 
 The provider stand-in (``instant_provider.py``) takes a fixed time per prediction and returns a clip
-like Wan's (832x480, 16 fps, 5.06 s), so every clip is really finished (scaled, cropped, re-timed,
+like Wan's at 720p (1280x720, 16 fps, 5.06 s), so every clip is really finished (scaled, cropped, re-timed,
 encoded) as it lands. The overhead of an order is its wall time (POST to ``completed``, from its own
 row) minus its slowest prediction (create to webhook, from the rows of its predictions and deliveries):
 POST → first prediction, and last webhook to completed, are printed apart. With twenty orders at once
@@ -25,12 +25,15 @@ import asyncpg
 import common
 
 from reelstream import media
+from schemas.api import DELIVERY_SIZES
 from schemas.events import ClipSpec
 
 PREDICTION_SECONDS = 3.0
 SINGLE_RUNS = 5
 AT_ONCE = 20
+#: The default order: 720p, captions, an end card with the call to action, crossfades.
 ORDER = {"prompt": "A lighthouse keeper's morning, calm sea, soft light", "duration_seconds": 15}
+WIDTH, HEIGHT = DELIVERY_SIZES[("16:9", "720p")]
 
 _TIMINGS = """
 SELECT g.id, g.status,
@@ -50,7 +53,7 @@ GROUP BY g.id
 async def provider_clip(directory: Path) -> Path:
     spec = ClipSpec(
         clip_id="clip_00", scene_id="scene_00", scene_kind="intro", index=0, duration_seconds=5.06,
-        aspect_ratio="16:9", width=832, height=480, prompt="bench", negative_prompt="",
+        aspect_ratio="16:9", width=WIDTH, height=HEIGHT, prompt="bench", negative_prompt="",
         caption="A provider's clip", colors=["#0A84FF", "#FF375F"], seed=1,
     )  # fmt: skip
     path = directory / "provider_clip.mp4"
@@ -63,7 +66,7 @@ async def finishing_cpu(clip: Path, directory: Path) -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before = usage.ru_utime + usage.ru_stime
     frames = media.piece_frames(0.0, 5.0)
-    await media.finish_clip(clip, directory / "probe_piece.mp4", frames=frames, width=832, height=480)
+    await media.finish_clip(clip, directory / "probe_piece.mp4", frames=frames, width=WIDTH, height=HEIGHT)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime - before
 
