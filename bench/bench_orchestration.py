@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -39,6 +41,13 @@ ORDER = {
     "options": {"captions": False, "include_cta": False, "transitions": "cut"},
 }
 CLIPS_PER_ORDER = 10
+#: Settings of the stack under test: BENCH_FETCH_WAIT_MS sets REELSTREAM_KAFKA_FETCH_MAX_WAIT_MS and
+#: BENCH_CLIP_CONCURRENCY sets REELSTREAM_CLIP_CONCURRENCY (predictions in flight per order).
+SETTINGS = {"storage_allow_private_urls": "true"}
+if os.environ.get("BENCH_FETCH_WAIT_MS"):
+    SETTINGS["kafka_fetch_max_wait_ms"] = os.environ["BENCH_FETCH_WAIT_MS"]
+if os.environ.get("BENCH_CLIP_CONCURRENCY"):
+    SETTINGS["clip_concurrency"] = os.environ["BENCH_CLIP_CONCURRENCY"]
 WIDTH, HEIGHT = DELIVERY_SIZES[("16:9", "720p")]
 PASS_THROUGH = 20_000
 
@@ -78,6 +87,85 @@ async def pass_through(bootstrap: str) -> float:
     return moved / elapsed
 
 
+@dataclass
+class Drive:
+    """What pushing ``ORDERS`` orders through a running stack measured."""
+
+    elapsed: float
+    statuses: dict[str, int]
+    #: POST → first prediction of each order, seconds, sorted.
+    firsts: list[float]
+    #: CPU seconds each process of the stack used meanwhile.
+    busy: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return ORDERS / self.elapsed
+
+    @property
+    def p99(self) -> float:
+        return self.firsts[min(len(self.firsts) - 1, round(0.99 * (len(self.firsts) - 1)))]
+
+
+async def drive(stack: common.Stack, extra_pids: Sequence[int] = ()) -> Drive:
+    """Post ``ORDERS`` orders, ``AT_ONCE`` at a time, and wait until every one has ended."""
+    limit = asyncio.Semaphore(AT_ONCE)
+    ids: list[str] = []
+
+    def processes() -> dict[int, str]:
+        return {**stack.processes(), **{pid: common.cmdline(pid) for pid in extra_pids}}
+
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> None:
+            async with limit, session.post(f"{stack.url}/api/v1/generations", json=ORDER) as resp:
+                assert resp.status == 202, await resp.text()
+                ids.append((await resp.json())["generation_id"])
+
+        cpu_before = {pid: common.cpu_seconds(pid) for pid in processes()}
+        started = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(ORDERS)))
+    conn = await asyncpg.connect(stack.stack["database_url"])
+    try:
+        async with asyncio.timeout(600):
+            while True:
+                done = await conn.fetchval(
+                    "SELECT count(*) FROM generations WHERE id = ANY($1) AND status IN"
+                    " ('completed', 'failed', 'canceled')",
+                    ids,
+                )
+                if done >= ORDERS:
+                    break
+                await asyncio.sleep(0.2)
+        elapsed = time.monotonic() - started
+        busy = {
+            f"{line.split('/')[-1][:60]} [{pid}]": common.cpu_seconds(pid) - cpu_before.get(pid, 0.0)
+            for pid, line in processes().items()
+        }
+        statuses = dict(
+            await conn.fetch(
+                "SELECT status, count(*) FROM generations WHERE id = ANY($1) GROUP BY status", ids
+            )
+        )
+        firsts = sorted(
+            float(v)
+            for v in await conn.fetchval(
+                "SELECT array_agg(x) FROM (SELECT extract(epoch FROM min(p.created_at) - g.created_at) AS x"
+                " FROM generations g JOIN predictions p ON p.generation_id = g.id"
+                " WHERE g.id = ANY($1) GROUP BY g.id) t",
+                ids,
+            )
+        )
+    finally:
+        await conn.close()
+    return Drive(elapsed, statuses, firsts, busy)
+
+
+def print_busy(result: Drive) -> None:
+    top = sorted(result.busy.items(), key=lambda kv: -kv[1])[:12]
+    print("CPU seconds by process: " + ", ".join(f"{k} {v:.1f}" for k, v in top))
+
+
 async def main() -> int:
     info = common.header(
         "orchestration: generations per second, media work a copy", "python bench/bench_orchestration.py"
@@ -86,66 +174,16 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="reelstream-bench-orch-") as tmp:
         piece = await finished_piece(Path(tmp))
         provider = {"BENCH_PROVIDER_DELAY": "0", "BENCH_PRERENDERED": str(piece)}
-        with common.stack(logs, provider=provider, storage_allow_private_urls="true") as stack:
+        with common.stack(logs, provider=provider, **SETTINGS) as stack:
             ceiling = await pass_through(stack.stack["kafka_bootstrap"])
-            limit = asyncio.Semaphore(AT_ONCE)
-            ids: list[str] = []
-            async with aiohttp.ClientSession() as session:
-
-                async def one() -> None:
-                    async with limit, session.post(f"{stack.url}/api/v1/generations", json=ORDER) as resp:
-                        assert resp.status == 202, await resp.text()
-                        ids.append((await resp.json())["generation_id"])
-
-                cpu_before = {pid: common.cpu_seconds(pid) for pid in stack.processes()}
-                started = time.monotonic()
-                await asyncio.gather(*(one() for _ in range(ORDERS)))
-                conn = await asyncpg.connect(stack.stack["database_url"])
-                try:
-                    async with asyncio.timeout(600):
-                        while True:
-                            done = await conn.fetchval(
-                                "SELECT count(*) FROM generations WHERE id = ANY($1) AND status IN"
-                                " ('completed', 'failed', 'canceled')",
-                                ids,
-                            )
-                            if done >= ORDERS:
-                                break
-                            await asyncio.sleep(0.2)
-                    elapsed = time.monotonic() - started
-                    busy = {
-                        line.split("/")[-1][:60]: common.cpu_seconds(pid) - cpu_before.get(pid, 0.0)
-                        for pid, line in stack.processes().items()
-                    }
-                    print(
-                        "CPU seconds by process: "
-                        + ", ".join(
-                            f"{k} {v:.1f}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1])[:12]
-                        )
-                    )
-                    statuses = dict(
-                        await conn.fetch("SELECT status, count(*) FROM generations GROUP BY status")
-                    )
-                    firsts = [
-                        float(v)
-                        for v in await conn.fetchval(
-                            "SELECT array_agg(x) FROM (SELECT"
-                            " extract(epoch FROM min(p.created_at) - g.created_at) AS x"
-                            " FROM generations g JOIN predictions p ON p.generation_id = g.id"
-                            " WHERE g.id = ANY($1) GROUP BY g.id) t",
-                            ids,
-                        )
-                    ]
-                finally:
-                    await conn.close()
-    rate = ORDERS / elapsed
-    firsts.sort()
-    p99 = firsts[min(len(firsts) - 1, round(0.99 * (len(firsts) - 1)))]
+            result = await drive(stack)
+    print_busy(result)
+    rate, firsts = result.rate, result.firsts
     # the stage hops, then per clip submitted/completed/status, then the end
     events_per_generation = 5 + CLIPS_PER_ORDER * 3 + 1
     print(
-        f"{ORDERS} orders of {CLIPS_PER_ORDER} clips, {AT_ONCE} posted at a time: {dict(statuses)} in"
-        f" {elapsed:.1f} s ({ORDERS * CLIPS_PER_ORDER / elapsed:.1f} clips/s)"
+        f"{ORDERS} orders of {CLIPS_PER_ORDER} clips, {AT_ONCE} posted at a time: {result.statuses} in"
+        f" {result.elapsed:.1f} s ({ORDERS * CLIPS_PER_ORDER / result.elapsed:.1f} clips/s)"
     )
     print(
         f"throughput {rate:.2f} generations/s (target >= 20); ceiling: a bare aiokafka pass-through moves"
@@ -154,7 +192,7 @@ async def main() -> int:
     )
     print(
         f"POST to first prediction p50 {firsts[len(firsts) // 2] * 1000:.0f} ms,"
-        f" p99 {p99 * 1000:.0f} ms (target < 250 ms)"
+        f" p99 {result.p99 * 1000:.0f} ms (target < 250 ms)"
     )
     common.save(
         "orchestration",

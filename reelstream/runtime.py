@@ -227,6 +227,9 @@ class RuntimeConfig:
     max_in_flight: int = 64
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
+    #: How long the broker may hold an empty fetch. Kafka answers as soon as data arrives whatever this
+    #: is; tansu holds the fetch for its whole wait, so on the embedded broker it is each hop's latency.
+    fetch_max_wait_ms: int = 500
     max_backoff: float = 5.0
     permanent_attempts: int = 3
     #: Seconds an event may keep failing transiently before it is dead-lettered.
@@ -288,6 +291,7 @@ class StageRunner:
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             max_poll_interval_ms=300_000,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
             metadata_max_age_ms=30_000,
         )
         self._consumer = consumer

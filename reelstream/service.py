@@ -127,6 +127,7 @@ def runtime_config(settings: Settings, bootstrap: str) -> RuntimeConfig:
         concurrency=settings.stage_concurrency,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         shutdown_grace=SHUTDOWN_GRACE_SECONDS,
         transient_budget=settings.transient_retry_seconds,
     )

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
 
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
+    #: How long the broker may hold a stage's empty fetch (see ``RuntimeConfig.fetch_max_wait_ms``).
+    kafka_fetch_max_wait_ms: int = Field(default=100, ge=1, le=10_000)
     log_level: str = "INFO"
     #: ``json``: one JSON object per log line with the job's ids (reelstream/logs.py); unset: text.
     log_format: Literal["json", "text"] | None = None
