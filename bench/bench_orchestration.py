@@ -42,12 +42,15 @@ ORDER = {
 }
 CLIPS_PER_ORDER = 10
 #: Settings of the stack under test: BENCH_FETCH_WAIT_MS sets REELSTREAM_KAFKA_FETCH_MAX_WAIT_MS and
-#: BENCH_CLIP_CONCURRENCY sets REELSTREAM_CLIP_CONCURRENCY (predictions in flight per order).
+#: BENCH_CLIP_CONCURRENCY sets REELSTREAM_CLIP_CONCURRENCY (predictions in flight per order), and
+#: BENCH_STAGE_CONCURRENCY sets REELSTREAM_STAGE_CONCURRENCY (events a stage process handles at once).
 SETTINGS = {"storage_allow_private_urls": "true"}
 if os.environ.get("BENCH_FETCH_WAIT_MS"):
     SETTINGS["kafka_fetch_max_wait_ms"] = os.environ["BENCH_FETCH_WAIT_MS"]
 if os.environ.get("BENCH_CLIP_CONCURRENCY"):
     SETTINGS["clip_concurrency"] = os.environ["BENCH_CLIP_CONCURRENCY"]
+if os.environ.get("BENCH_STAGE_CONCURRENCY"):
+    SETTINGS["stage_concurrency"] = os.environ["BENCH_STAGE_CONCURRENCY"]
 WIDTH, HEIGHT = DELIVERY_SIZES[("16:9", "720p")]
 PASS_THROUGH = 20_000
 
