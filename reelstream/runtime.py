@@ -22,7 +22,7 @@ Guarantees, in the order a message meets them:
   (acks=all). Offsets are committed up to the first message still in flight, per partition.
 * Messages with the same key (generation id) are handled one after another, in order; different keys run
   concurrently up to ``concurrency``, so one slow generation never stalls the others. A stage may
-  order more finely (``Stage.order_by``: completion orders by clip).
+  order more finely (``Stage.order_by``: completion orders by clip, ``by_clip``).
 * Transient failures (database, broker or provider unreachable) are retried with capped backoff for at
   most ``transient_budget`` seconds, then the event is dead-lettered (above). A waiting retry holds no
   concurrency slot, and backpressure pauses only the partitions that reached ``max_in_flight``
@@ -717,6 +717,15 @@ def _prediction_of(event: CloudEvent) -> str | None:
     if found is None and isinstance(data.get("prediction"), dict):
         found = data["prediction"].get("id")
     return found if isinstance(found, str) else None
+
+
+def by_clip(event: CloudEvent) -> str:
+    """An order for ``Stage.order_by``: one clip's events in turn, a generation's clips side by side.
+
+    Events without a clip are ordered by their generation alone.
+    """
+    clip_id = event.data.get("clip_id")
+    return f"{event.subject}/{clip_id}" if isinstance(clip_id, str) else str(event.subject)
 
 
 def _generation_of(record: ConsumerRecord[bytes, bytes], event: CloudEvent | None) -> str | None:

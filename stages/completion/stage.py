@@ -27,10 +27,9 @@ from typing import Any
 import asyncpg
 
 from reelstream import finishing, media, metrics, outcomes, outstanding, status, storage
-from reelstream.runtime import Context, PermanentError, Stage, TransientError
+from reelstream.runtime import Context, PermanentError, Stage, TransientError, by_clip
 from schemas import topics
 from schemas.api import Compliance, Video
-from schemas.envelope import CloudEvent
 from schemas.events import ClipCompleted, GenerationCompleted, Prediction
 
 log = logging.getLogger(__name__)
@@ -334,11 +333,6 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
     return Assembled(video, sum(r["predict_time"] or 0.0 for r in clips), compliance)
 
 
-def _by_clip(event: CloudEvent) -> str:
-    """Completion's order: one clip's outcomes in turn, a generation's different clips side by side."""
-    return f"{event.subject}/{event.data['clip_id']}"
-
-
 stage = Stage(
-    name="completion", topics=[topics.CLIP_COMPLETED], prepare=prepare, handler=record, order_by=_by_clip
+    name="completion", topics=[topics.CLIP_COMPLETED], prepare=prepare, handler=record, order_by=by_clip
 )
