@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from gateway.generations import IDEMPOTENCY_PATTERN, STATUS_FILTER_PATTERN
 from schemas.api import (
     ClipMessage,
     ErrorBody,
@@ -87,6 +88,7 @@ def _document(
         ),
     }
     not_found = {"404": _error("`not_found`: unknown or malformed id, or another API key's generation")}
+    bad_range = {"416": {"description": "The Range lies outside the file (Content-Range gives its size)"}}
     db_down = {"503": _error("`unavailable`: the database is unavailable; retry after `Retry-After` seconds")}
     request_body = {"required": True, "content": _json(inp(GenerationRequest))}
     paths: dict[str, Any] = {
@@ -101,7 +103,12 @@ def _document(
                         "required": False,
                         "description": "Same key and body within 24 h return the same generation (200); "
                         "a different body is 409 `conflict`",
-                        "schema": {"type": "string", "maxLength": 255},
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "pattern": IDEMPOTENCY_PATTERN,
+                        },
                     }
                 ],
                 "requestBody": request_body,
@@ -132,7 +139,7 @@ def _document(
                         "name": "status",
                         "in": "query",
                         "description": "One status, or several separated by commas",
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "pattern": STATUS_FILTER_PATTERN},
                     },
                 ],
                 "responses": {
@@ -180,6 +187,7 @@ def _document(
                 "responses": {
                     "200": {"description": "The final MP4 (Range supported)", "content": _MP4},
                     "206": {"description": "Part of the MP4", "content": _MP4},
+                    **bad_range,
                     "302": {"description": "Redirect to a presigned URL (S3 storage)"},
                     "404": _error("`not_found`: unknown id, or not completed yet"),
                     **auth_errors,
@@ -207,6 +215,7 @@ def _document(
                 "responses": {
                     "200": {"description": "The clip's MP4 (Range supported)", "content": _MP4},
                     "206": {"description": "Part of the MP4", "content": _MP4},
+                    **bad_range,
                     "302": {"description": "Redirect to a presigned URL (S3 storage)"},
                     "404": _error("`not_found`: unknown ids, or the clip is not stored yet"),
                     **auth_errors,
@@ -282,7 +291,10 @@ def _document(
         "/api/v1/openapi.json": {
             "get": {
                 "operationId": "openapi",
-                "responses": {"200": {"description": "This document", "content": _json({"type": "object"})}},
+                "responses": {
+                    "200": {"description": "This document", "content": _json({"type": "object"})},
+                    **auth_errors,
+                },
             }
         },
         "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Alive"}}}},
