@@ -1,13 +1,13 @@
 """schemathesis against the live gateway's own OpenAPI document: no 5xx, no answer that breaks it.
 
 The gateway runs for real (aiohttp on a port, Postgres, the gateway tests' broker) with API keys set,
-and schemathesis loads ``GET /api/v1/openapi.json`` from it like any client would. For every HTTP
-operation it sends generated requests, valid ones and deliberately invalid ones, and checks each
-answer with its default checks: not a server error, a documented status code, the documented content
-type and headers, a body that validates against the documented schema, invalid input refused and
-valid input accepted. Generated ids never exist, so a second pass pins the path ids to generations
-seeded here (one queued, one completed with its files stored): the 200/206 answers and the full
-detail get checked too, not only the 404s.
+and the document schemathesis works from is the one ``GET /api/v1/openapi.json`` serves. For every
+HTTP operation it sends generated requests, valid ones and deliberately invalid ones, with the key and
+(a few) without it, and checks each answer with its default checks: not a server error, a documented
+status code, the documented content type and headers, a body that validates against the documented
+schema, invalid input refused and valid input accepted. Generated ids never exist, so another pass pins
+the path ids to generations seeded here (one queued, one completed with its files stored): the 200/206
+answers and the full detail get checked too, not only the 404s.
 
 schemathesis drives ``requests`` (blocking), so it runs in a worker thread while this test's event
 loop serves the gateway. Hypothesis is derandomized and keeps no example database: CI sees the same
@@ -57,11 +57,16 @@ RULES_BEYOND_THE_SCHEMA = {
 
 
 def accepts_valid_data(ctx: schemathesis.CheckContext, response: schemathesis.Response, case: Any) -> Any:
-    """schemathesis's ``positive_data_acceptance``, except for the rules above (and only them)."""
+    """schemathesis's ``positive_data_acceptance``, except for the rules above (and only them).
+
+    A body that fails the models is answered "the request body is invalid" and is never exempt: the
+    rules above are checked after the models accepted the body, and answer with their own message.
+    """
     if response.status_code == 422:
-        details = (response.json().get("error") or {}).get("details") or []
-        named = {d.get("field") for d in details}
-        if named and named <= RULES_BEYOND_THE_SCHEMA.keys():
+        error = response.json().get("error") or {}
+        named = {d.get("field") for d in error.get("details") or []}
+        beyond = error.get("message") != "the request body is invalid"
+        if beyond and named and named <= RULES_BEYOND_THE_SCHEMA.keys():
             return None
     return positive_data_acceptance(ctx, response, case)
 
