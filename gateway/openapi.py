@@ -80,6 +80,7 @@ def _document(
     auth_errors = {"401": _error("API keys are configured and none (or a wrong one) was sent")}
     body_errors = {
         "400": _error("`invalid_json`: the body is not JSON"),
+        "408": _error("`request_timeout`: the body did not arrive within the body-read timeout"),
         "413": _error("`payload_too_large`: the body is over 64 KiB"),
         "415": _error("`unsupported_media_type`: Content-Type is not application/json"),
         "422": _error(
@@ -261,6 +262,7 @@ def _document(
                         ),
                     },
                     "401": _error("`unauthorized`: missing, bad or stale signature"),
+                    "408": _error("`request_timeout`: the body did not arrive within the body-read timeout"),
                     "413": _error("`payload_too_large`: over 1 MiB"),
                     "422": _error("`validation_error`: not a prediction"),
                     "503": _error("`unavailable`: could not be checked or queued; the provider retries"),
