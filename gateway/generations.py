@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,10 +70,16 @@ routes = web.RouteTableDef()
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_MAX = 255
+#: Visible ASCII, inner spaces allowed (what an HTTP field value carries); also the OpenAPI pattern.
+IDEMPOTENCY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+_IDEMPOTENCY_RE = re.compile(IDEMPOTENCY_PATTERN)  # used with fullmatch: no trailing newline slips by
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 #: Every status a generation can have; the list filter accepts a comma-separated subset.
 _STATUSES: frozenset[str] = frozenset(get_args(GenerationStatus))
+_ONE_STATUS = r"[ \t]*(" + "|".join(get_args(GenerationStatus)) + r")[ \t]*"
+#: The list filter as the OpenAPI document states it: empty, or statuses separated by commas.
+STATUS_FILTER_PATTERN = f"^$|^{_ONE_STATUS}(,{_ONE_STATUS})*$"
 
 
 # -- create -------------------------------------------------------------------------------------------
@@ -83,8 +90,10 @@ def _idempotency_key(request: web.Request) -> str | None:
     value = request.headers.get(IDEMPOTENCY_HEADER)
     if value is None:
         return None
-    if not 1 <= len(value) <= _IDEMPOTENCY_MAX or not value.isprintable() or not value.strip():
-        raise validation_error(IDEMPOTENCY_HEADER, f"must be 1..{_IDEMPOTENCY_MAX} printable characters")
+    if len(value) > _IDEMPOTENCY_MAX or not _IDEMPOTENCY_RE.fullmatch(value):
+        raise validation_error(
+            IDEMPOTENCY_HEADER, f"must be 1..{_IDEMPOTENCY_MAX} printable ASCII characters"
+        )
     owner = owner_of(request)
     if owner is not None:
         return f"{owner[:16]}:{value}"
@@ -362,7 +371,7 @@ def _statuses(request: web.Request) -> list[str] | None:
     value = request.query.get("status")
     if value is None or value == "":
         return None
-    wanted = [s.strip() for s in value.split(",")]
+    wanted = [s.strip(" \t") for s in value.split(",")]
     bad = [s for s in wanted if s not in _STATUSES]
     if bad:
         raise validation_error("status", f"must be one of {', '.join(sorted(_STATUSES))} (comma-separated)")

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from gateway.generations import IDEMPOTENCY_PATTERN, STATUS_FILTER_PATTERN
 from schemas.api import (
     ClipMessage,
     ErrorBody,
@@ -79,6 +80,7 @@ def _document(
     auth_errors = {"401": _error("API keys are configured and none (or a wrong one) was sent")}
     body_errors = {
         "400": _error("`invalid_json`: the body is not JSON"),
+        "408": _error("`request_timeout`: the body did not arrive within the body-read timeout"),
         "413": _error("`payload_too_large`: the body is over 64 KiB"),
         "415": _error("`unsupported_media_type`: Content-Type is not application/json"),
         "422": _error(
@@ -87,6 +89,7 @@ def _document(
         ),
     }
     not_found = {"404": _error("`not_found`: unknown or malformed id, or another API key's generation")}
+    bad_range = {"416": {"description": "The Range lies outside the file (Content-Range gives its size)"}}
     db_down = {"503": _error("`unavailable`: the database is unavailable; retry after `Retry-After` seconds")}
     request_body = {"required": True, "content": _json(inp(GenerationRequest))}
     paths: dict[str, Any] = {
@@ -101,7 +104,12 @@ def _document(
                         "required": False,
                         "description": "Same key and body within 24 h return the same generation (200); "
                         "a different body is 409 `conflict`",
-                        "schema": {"type": "string", "maxLength": 255},
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "pattern": IDEMPOTENCY_PATTERN,
+                        },
                     }
                 ],
                 "requestBody": request_body,
@@ -132,7 +140,7 @@ def _document(
                         "name": "status",
                         "in": "query",
                         "description": "One status, or several separated by commas",
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "pattern": STATUS_FILTER_PATTERN},
                     },
                 ],
                 "responses": {
@@ -180,6 +188,7 @@ def _document(
                 "responses": {
                     "200": {"description": "The final MP4 (Range supported)", "content": _MP4},
                     "206": {"description": "Part of the MP4", "content": _MP4},
+                    **bad_range,
                     "302": {"description": "Redirect to a presigned URL (S3 storage)"},
                     "404": _error("`not_found`: unknown id, or not completed yet"),
                     **auth_errors,
@@ -207,6 +216,7 @@ def _document(
                 "responses": {
                     "200": {"description": "The clip's MP4 (Range supported)", "content": _MP4},
                     "206": {"description": "Part of the MP4", "content": _MP4},
+                    **bad_range,
                     "302": {"description": "Redirect to a presigned URL (S3 storage)"},
                     "404": _error("`not_found`: unknown ids, or the clip is not stored yet"),
                     **auth_errors,
@@ -252,6 +262,7 @@ def _document(
                         ),
                     },
                     "401": _error("`unauthorized`: missing, bad or stale signature"),
+                    "408": _error("`request_timeout`: the body did not arrive within the body-read timeout"),
                     "413": _error("`payload_too_large`: over 1 MiB"),
                     "422": _error("`validation_error`: not a prediction"),
                     "503": _error("`unavailable`: could not be checked or queued; the provider retries"),
@@ -282,7 +293,10 @@ def _document(
         "/api/v1/openapi.json": {
             "get": {
                 "operationId": "openapi",
-                "responses": {"200": {"description": "This document", "content": _json({"type": "object"})}},
+                "responses": {
+                    "200": {"description": "This document", "content": _json({"type": "object"})},
+                    **auth_errors,
+                },
             }
         },
         "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Alive"}}}},

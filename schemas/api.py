@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -61,18 +62,35 @@ def _is_control(ch: str) -> bool:
     return code < 32 or 127 <= code < 160
 
 
-def _no_control_chars(value: str) -> str:
-    """Free text (prompt, descriptions, guidelines): line breaks and tabs allowed, no other control."""
-    if any(_is_control(ch) and ch not in "\n\r\t" for ch in value):
+def _no_control_chars(value: Any) -> Any:
+    """Free text (prompt, descriptions, guidelines): line breaks and tabs allowed, no other control.
+
+    Runs before whitespace is stripped, so a control at either end is refused too, not trimmed away.
+    """
+    if isinstance(value, str) and any(_is_control(ch) and ch not in "\n\r\t" for ch in value):
         raise ValueError("must not contain control characters")
     return value
 
 
-def _single_line(value: str) -> str:
-    """Names, fonts, CTA, URLs: no control character at all, not even a line break."""
-    if any(_is_control(ch) for ch in value):
+def _single_line(value: Any) -> Any:
+    """Names, fonts, CTA, URLs: no control character at all, not even a line break (nor at the ends)."""
+    if isinstance(value, str) and any(_is_control(ch) for ch in value):
         raise ValueError("must not contain control characters (nor line breaks or tabs)")
     return value
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: ``15.0`` is the integer 15 (as JSON Schema's ``integer`` says); ``15.5``,
+    ``"15"`` and ``true`` stay refused by the strict int that follows."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Integers as JSON means them (no strings, booleans or fractions). The bounds go before the validator,
+# or pydantic could not state them in the JSON Schema.
+Seed = Annotated[StrictInt, Field(ge=0, le=2**32 - 1), BeforeValidator(_integral)]
+DurationSeconds = Annotated[StrictInt, Field(ge=5, le=120), BeforeValidator(_integral)]
 
 
 def _http_url(value: str) -> str:
@@ -81,22 +99,51 @@ def _http_url(value: str) -> str:
     return value
 
 
+# The same rules as JSON Schema patterns, for the OpenAPI document (pydantic does not derive them from
+# the validators above): ECMA-262 and Python ``re`` read them alike. ``_WS`` is what stripping removes
+# besides controls (Unicode White_Space), so "not blank" means one character outside both.
+_CTRL = r"\x00-\x1f\x7f-\x9f"
+_TEXT_CTRL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_WS = r" \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+LINE_PATTERN = rf"^[^{_CTRL}]*[^{_CTRL}{_WS}][^{_CTRL}]*$"
+TEXT_PATTERN = rf"^[^{_TEXT_CTRL}]*[^{_CTRL}{_WS}][^{_TEXT_CTRL}]*$"
+OPTIONAL_TEXT_PATTERN = rf"^[^{_TEXT_CTRL}]*$"
+URL_PATTERN = rf"^[{_WS}]*https?://[^{_CTRL}{_WS}/$.?#][^{_CTRL}{_WS}]*[{_WS}]*$"
+NOT_BLANK_PATTERN = rf"^[\s\S]*[^{_WS}\t\n\v\f\r\x1c-\x1f\x85][\s\S]*$"
+
+
+def _documented(pattern: str) -> Any:
+    """The pattern a validator enforces, stated in the JSON Schema (validation stays with the validator)."""
+    return Field(json_schema_extra={"pattern": pattern})
+
+
 #: One line of text: a name, a font, a tone.
 Line = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_single_line)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    _documented(LINE_PATTERN),
+    BeforeValidator(_single_line),
 ]
 #: A short piece of free text (a guideline): may hold line breaks and tabs.
 ShortText = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(_no_control_chars),
+    _documented(TEXT_PATTERN),
+    BeforeValidator(_no_control_chars),
 ]
 LongText = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=1000), AfterValidator(_no_control_chars)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=1000),
+    _documented(OPTIONAL_TEXT_PATTERN),
+    BeforeValidator(_no_control_chars),
 ]
 HexColor = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
 Url = Annotated[
-    str, StringConstraints(max_length=2000), AfterValidator(_single_line), AfterValidator(_http_url)
+    str,
+    StringConstraints(max_length=2000),
+    AfterValidator(_http_url),
+    _documented(URL_PATTERN),
+    BeforeValidator(_single_line),
 ]
 
 
@@ -110,7 +157,12 @@ class Guidelines(Input):
     do: list[ShortText] = Field(default_factory=list, max_length=20)
     dont: list[ShortText] = Field(default_factory=list, max_length=50)
     required_disclaimer: (
-        Annotated[str, StringConstraints(min_length=1, max_length=300), AfterValidator(_no_control_chars)]
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=300),
+            _documented(TEXT_PATTERN),
+            BeforeValidator(_no_control_chars),
+        ]
         | None
     ) = None
 
@@ -119,11 +171,17 @@ class Brand(Input):
     name: Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-        AfterValidator(_single_line),
+        _documented(LINE_PATTERN),
+        BeforeValidator(_single_line),
     ]
     colors: list[HexColor] = Field(default_factory=list, max_length=8)
     fonts: list[
-        Annotated[str, StringConstraints(min_length=1, max_length=60), AfterValidator(_single_line)]
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=60),
+            _documented(LINE_PATTERN),
+            BeforeValidator(_single_line),
+        ]
     ] = Field(default_factory=list, max_length=4)
     tone: Line | None = None
     tagline: Line | None = None
@@ -134,13 +192,14 @@ class Brand(Input):
 class Options(Input):
     parallel_clips: StrictBool = True
     negative_prompt: LongText | None = None
-    seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = None
+    seed: Seed | None = None
     include_cta: StrictBool = True
     cta_text: (
         Annotated[
             str,
             StringConstraints(strip_whitespace=True, min_length=1, max_length=80),
-            AfterValidator(_single_line),
+            _documented(LINE_PATTERN),
+            BeforeValidator(_single_line),
         ]
         | None
     ) = None
@@ -161,9 +220,10 @@ class GenerationRequest(Input):
     prompt: Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=1, max_length=2000),
-        AfterValidator(_no_control_chars),
+        _documented(TEXT_PATTERN),
+        BeforeValidator(_no_control_chars),
     ]
-    duration_seconds: Annotated[StrictInt, Field(ge=5, le=120)] = 15
+    duration_seconds: DurationSeconds = 15
     aspect_ratio: AspectRatio = "16:9"
     brand: Brand | None = None
     options: Options = Field(default_factory=Options)
@@ -172,7 +232,11 @@ class GenerationRequest(Input):
 class SessionRequest(Input):
     """The body of ``POST /api/v1/session``: an API key traded for a browser session cookie."""
 
-    api_key: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
+    api_key: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=512),
+        _documented(NOT_BLANK_PATTERN),
+    ]
 
 
 class Links(BaseModel):
