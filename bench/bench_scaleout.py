@@ -28,7 +28,7 @@ async def one_run(piece: Path, instances: int) -> float:
         extra: list[common.Proc] = []
         try:
             for n in range(2, instances + 1):
-                argv = common.reelstream_argv("stage", STAGE, "--metrics-port", str(common.free_port()))
+                argv = common.reelstream_argv("stage", STAGE, "--metrics-port", "0")
                 proc = common.Proc.start(f"{STAGE}-{n}", argv, stack.env, logs)
                 proc.wait_for("ready", 60)
                 extra.append(proc)

@@ -120,9 +120,19 @@ async def _serve(settings: Settings, *, demo_prompt: str | None = None, out: Pat
         )
         stack.callback(embedded.remove_stack_file, settings.data_dir)
 
+        ready_lines: dict[str, str] = {}
+
         async def on_ready() -> None:
             if not await _gateway_ready(settings, stop):
                 return
+            if ready_lines:  # the stages chose their metrics ports: stack.json lists them before ready
+                embedded.write_stack_file(
+                    settings.data_dir,
+                    settings.kafka_bootstrap or "",
+                    settings.database_url or "",
+                    settings.gateway_url,
+                    metrics={**metrics, **service.stage_metrics_urls(ready_lines)},
+                )
             _started()
             print(f"ready: {settings.gateway_url}", flush=True)
             if demo_prompt is not None:
@@ -131,7 +141,11 @@ async def _serve(settings: Settings, *, demo_prompt: str | None = None, out: Pat
 
         if demo_prompt is None:
             await supervisor.supervise(
-                children, stop=stop, on_ready=on_ready, state_file=_children_file(settings)
+                children,
+                stop=stop,
+                on_ready=on_ready,
+                state_file=_children_file(settings),
+                ready_lines=ready_lines,
             )
         else:
             tracing.setup("reelstream")
@@ -231,7 +245,9 @@ def stage(
     name: Annotated[str, typer.Argument(help="intake, analysis, planning, prompting, clips or completion")],
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="serve /metrics on this port (0: off); default REELSTREAM_METRICS_PORT, 9464"),
+        typer.Option(
+            help="serve /metrics on this port (0: any free one); default REELSTREAM_METRICS_PORT, 9464"
+        ),
     ] = None,
 ) -> None:
     """Run one stage as its own process (its own consumer group member), serving its /metrics."""
@@ -257,11 +273,11 @@ async def _stage(settings: Settings, name: str, metrics_port: int, *, or_any_por
     async with AsyncExitStack() as stack:
         stack.callback(tracing.shutdown)
         pool, producer, deps = await stack.enter_async_context(service.infrastructure(settings))
-        await service.serve_metrics(metrics_port, stack, settings.metrics_host, or_any_port=or_any_port)
+        url = await service.serve_metrics(metrics_port, stack, settings.metrics_host, or_any_port=or_any_port)
 
         async def on_ready() -> None:
             _started()
-            print(f"ready: stage {name}", flush=True)
+            print(f"ready: stage {name}, metrics {url}", flush=True)
 
         await service.run_stages(
             [name], settings, pool=pool, producer=producer, deps=deps, stop=stop, on_ready=on_ready

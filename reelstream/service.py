@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -20,7 +20,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from reelstream import db, embedded, kafka, logs, mapping, metrics
+from reelstream import db, kafka, logs, mapping, metrics
 from reelstream.providers import VideoProvider
 from reelstream.providers.local import LocalVideoProvider
 from reelstream.runtime import RuntimeConfig, Stage, StageRunner
@@ -201,15 +201,14 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
 async def serve_metrics(
     port: int, stack: AsyncExitStack, host: str = "127.0.0.1", *, or_any_port: bool = False
-) -> None:
-    """A stage process's own ``/metrics`` (and ``/healthz``), on ``host:port`` (port 0 disables).
+) -> str:
+    """A stage process's own ``/metrics`` (and ``/healthz``) on ``host:port``; returns its URL.
 
-    ``or_any_port``: when ``port`` is taken (the default port, with several stages on one machine),
-    listen on a free port instead and log it, rather than fail. Decided by binding, not by a check
-    beforehand: stages started together would all see the port free.
+    Port 0 is a free port the system picks (how ``serve`` starts its stages: a port chosen beforehand
+    could be taken by then). ``or_any_port``: when ``port`` is taken (the default port, with several
+    stages on one machine), listen on a free port instead and log it, rather than fail. Decided by
+    binding, not by a check beforehand: stages started together would all see the port free.
     """
-    if not port:
-        return
 
     async def metrics_view(_: web.Request) -> web.Response:
         body, content_type = metrics.exposition()
@@ -230,9 +229,12 @@ async def serve_metrics(
         if not or_any_port:
             raise
         await web.TCPSite(runner, host, 0).start()
-        taken, port = port, runner.addresses[0][1]
-        log.warning("metrics port %d is taken (%s); serving /metrics on port %d", taken, exc.strerror, port)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+        log.warning("metrics port %d is taken (%s); serving /metrics on port %d", port, exc.strerror,
+                    runner.addresses[0][1])  # fmt: skip
+    bound = runner.addresses[0][1]
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound}/metrics"
+    log.info("metrics on %s", url)
+    return url
 
 
 def log_setup(level: str, log_format: "logs.Format | None" = None) -> None:
@@ -321,11 +323,21 @@ def processes(settings: Settings) -> tuple[list[ChildSpec], dict[str, str]]:
     children = [ChildSpec("gateway", [*command, "gateway"], env)]
     metrics = {"gateway": f"{local_gateway_url(settings)}/metrics"}
     for name in STAGE_NAMES:
-        port = embedded.free_port()
-        argv = [*command, "stage", name, "--metrics-port", str(port)]
+        # Port 0: each stage binds a free port itself and names its URL in its ready line
+        # (stage_metrics_urls), which serve then writes into stack.json.
+        argv = [*command, "stage", name, "--metrics-port", "0"]
         children.append(ChildSpec(name, argv, env, nice=settings.stage_nice))
-        metrics[name] = f"http://127.0.0.1:{port}/metrics"
     return children, metrics
+
+
+def stage_metrics_urls(ready_lines: Mapping[str, str]) -> dict[str, str]:
+    """Each stage's metrics URL from its ``ready: stage NAME, metrics URL`` line."""
+    found: dict[str, str] = {}
+    for name, line in ready_lines.items():
+        _, marker, url = line.partition(" metrics ")
+        if marker and url.strip():
+            found[name] = url.strip()
+    return found
 
 
 async def run_everything(

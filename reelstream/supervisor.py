@@ -95,6 +95,8 @@ class _Child:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     #: Set by the first ``ready`` line the child ever printed; a restarted child does not clear it.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: That line (a stage names its metrics URL in it).
+    ready_line: str = ""
     started: float = 0.0
     restarts: int = 0
     crashes_in_a_row: int = 0
@@ -120,11 +122,13 @@ async def supervise(
     grace: float = STOP_GRACE_SECONDS,
     backoff: float = BACKOFF_SECONDS,
     out: TextIO | None = None,
+    ready_lines: dict[str, str] | None = None,
 ) -> None:
     """Run the children until ``stop`` is set, then stop them all; returns once none is left.
 
     Raises :class:`ChildFailedToStart` (after stopping the others) when a child cannot start at all.
-    ``out`` receives the children's prefixed output (default: our stderr).
+    ``out`` receives the children's prefixed output (default: our stderr). ``ready_lines``, if given,
+    holds each child's ``ready`` line by name by the time ``on_ready`` is called.
     """
     sink = out if out is not None else sys.stderr
     run = _Run([_Child(spec) for spec in specs], stop, sink, state_file, backoff)
@@ -141,6 +145,8 @@ async def supervise(
             await _first_of(everyone_ready, stop, watchers)
         finally:
             everyone_ready.cancel()
+        if ready_lines is not None:
+            ready_lines.update({child.spec.name: child.ready_line for child in run.children})
         if not stop.is_set() and on_ready is not None:
             await on_ready()
         await _first_of(None, stop, watchers)
@@ -240,6 +246,8 @@ async def _pump(child: _Child, stream: asyncio.StreamReader, sink: TextIO, *, wa
             sink.write("\n")
             sink.flush()
         if watch_ready and line.startswith("ready"):
+            if not child.ready.is_set():
+                child.ready_line = line
             child.ready.set()
 
 

@@ -67,6 +67,7 @@ async def run_until(
     state_file: Path | None = None,
     grace: float = supervisor.STOP_GRACE_SECONDS,
     backoff: float = supervisor.BACKOFF_SECONDS,
+    ready_lines: dict[str, str] | None = None,
 ) -> io.StringIO:
     """Supervise ``specs``; once all are ready run ``then``, then stop. Returns what the children said."""
     out = out if out is not None else io.StringIO()
@@ -91,6 +92,7 @@ async def run_until(
             state_file=state_file,
             grace=grace,
             backoff=backoff,
+            ready_lines=ready_lines,
         ),
         60,
     )
@@ -106,13 +108,15 @@ async def test_output_is_prefixed_per_child_and_on_ready_waits_for_every_child()
         seen_ready.append("called")
 
     specs = [child("gateway", GREETER, "gateway"), child("clips", GREETER, "clips")]
-    out = await run_until(specs, then)
+    ready_lines: dict[str, str] = {}
+    out = await run_until(specs, then, ready_lines=ready_lines)
     lines = out.getvalue().splitlines()
     for name in ("gateway", "clips"):
         assert f"[{name}] hello from {name}" in lines
         assert f"[{name}] a warning from {name}" in lines  # stderr too
         assert f"[{name}] ready" in lines
     assert seen_ready == ["called"]
+    assert ready_lines == {"gateway": "ready", "clips": "ready"}  # what serve reads metrics URLs from
 
 
 async def test_a_child_runs_at_the_niceness_it_was_given_above_ours() -> None:
