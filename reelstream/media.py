@@ -10,6 +10,7 @@ Outputs are written to a temporary file next to the target and renamed into plac
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import os
@@ -152,6 +153,8 @@ def probe(path: Path) -> VideoInfo:
             if not container.streams.video:
                 raise NotAVideo(f"{path} has no video stream")
             stream = container.streams.video[0]
+            # One frame is decoded: frame threads would only be spun up and torn down again.
+            stream.thread_type = "NONE"
             first = next(container.decode(stream), None)
             if first is None:
                 raise NotAVideo(f"{path} has no decodable video frame")
@@ -461,7 +464,7 @@ async def finish_clip(
     if source is not None and source.comment == piece_tag(width, height, frames, fps, look):
         with _atomic_target(out, ".mp4") as tmp:
             await asyncio.to_thread(shutil.copyfile, clip, tmp)
-        return await asyncio.to_thread(probe, out)
+        return source  # the same bytes: probing the copy again would only repeat the decode
     args = finish_args(
         clip, out, frames=frames, width=width, height=height, fps=fps,
         overlays=layers, keyframes=keyframes, look=look,
@@ -607,32 +610,66 @@ async def _crossfaded(
 
 
 async def concat(pieces: list[Path], out: Path, *, audio_seconds: float | None = None) -> VideoInfo:
-    """Join finished pieces in order without re-encoding the video: a stream copy.
+    """Join finished pieces in order without re-encoding anything: a stream copy.
 
-    With ``audio_seconds`` a silent AAC track of exactly that length is muxed in (encoded once here;
-    a later issue brings voice and music).
+    With ``audio_seconds`` a silent AAC track of exactly that length is muxed in, copied from
+    :func:`_silence` (encoded once per length per process: encoding it here every time was most of
+    the join's CPU; a later issue brings voice and music).
     """
     if not pieces:
         raise ValueError("concat needs at least one piece")
+    audio: list[str] = []
+    if audio_seconds is not None:
+        silence = await _silence(audio_seconds)
+        audio = ["-i", str(silence), "-map", "0:v:0", "-map", "1:a:0"]
     with tempfile.TemporaryDirectory(prefix="reelstream-concat-") as tmp:
         listing = Path(tmp) / "pieces.txt"
         lines = "".join(f"file '{_concat_path(p)}'\n" for p in pieces)
         await asyncio.to_thread(listing.write_text, lines)
-        audio: list[str] = []
-        if audio_seconds is not None:
-            audio = [
-                "-f", "lavfi", "-t", f"{audio_seconds:.6f}",
-                "-i", "anullsrc=channel_layout=stereo:sample_rate=48000",
-                "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "96k",
-            ]  # fmt: skip
         with _atomic_target(out, ".mp4") as target:
             await run_ffmpeg(
                 "-f", "concat", "-safe", "0", "-i", str(listing),
                 *audio,
-                "-c:v", "copy", "-movflags", "+faststart", "-f", "mp4",
+                "-c", "copy", "-movflags", "+faststart", "-f", "mp4",
                 str(target),
             )  # fmt: skip
     return await asyncio.to_thread(probe, out)
+
+
+#: Silent AAC tracks by length, in a directory of this process's own (removed when it exits).
+_silences: dict[str, Path] = {}
+_SILENCES_KEPT = 64
+
+
+async def _silence(seconds: float) -> Path:
+    """An M4A of exactly ``seconds`` of stereo 48 kHz silence, AAC 96 kb/s, made once per length.
+
+    Finals come in a few lengths, and the AAC encode of a minute of silence costs more CPU than the
+    whole stream-copy join it goes into. Two joins asking for a new length at once both encode it
+    (each into its own temp file, renamed into place): harmless, and rarer than a lock is worth.
+    """
+    key = f"{seconds:.6f}"
+    path = _silences.get(key)
+    if path is not None and path.is_file():
+        return path
+    path = _silence_dir() / f"silence-{key}.m4a"
+    with _atomic_target(path, ".m4a") as tmp:
+        await run_ffmpeg(
+            "-f", "lavfi", "-t", key, "-i", "anullsrc=channel_layout=stereo:sample_rate=48000",
+            "-c:a", "aac", "-b:a", "96k", "-f", "mp4", str(tmp),
+        )  # fmt: skip
+    if len(_silences) >= _SILENCES_KEPT:  # bounded: drop the oldest length
+        oldest = next(iter(_silences))
+        _silences.pop(oldest).unlink(missing_ok=True)
+    _silences[key] = path
+    return path
+
+
+@functools.cache
+def _silence_dir() -> Path:
+    directory = Path(tempfile.mkdtemp(prefix="reelstream-silence-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 def _concat_path(path: Path) -> str:
@@ -640,18 +677,28 @@ def _concat_path(path: Path) -> str:
     return os.path.abspath(path).replace("'", "'\\''")
 
 
-async def thumbnail(video: Path, out: Path, *, at_seconds: float = 1.0) -> None:
+async def thumbnail(
+    video: Path,
+    out: Path,
+    *,
+    at_seconds: float = 1.0,
+    duration_seconds: float | None = None,
+    fps: float = FPS,
+) -> None:
     """Write one JPEG frame of ``video`` taken at ``at_seconds`` (clamped into the video).
 
     Clamped to the last frames because ffmpeg fails (with a misleading encoder error) when a seek
     lands past the last frame, and a short video still deserves a poster image. Should the seek
-    still find nothing, the first frame is used.
+    still find nothing, the first frame is used. ``duration_seconds`` (at ``fps``), when the caller
+    knows it, spares probing the video for it.
     """
-    info = await asyncio.to_thread(probe, video)
+    if duration_seconds is None:
+        info = await asyncio.to_thread(probe, video)
+        duration_seconds, fps = info.duration_seconds, info.fps
     at = max(0.0, at_seconds)
-    if info.duration_seconds > 0:
-        frame = 1 / info.fps if info.fps > 0 else 0.1
-        at = min(at, max(0.0, info.duration_seconds - 2 * frame))
+    if duration_seconds > 0:
+        frame = 1 / fps if fps > 0 else 0.1
+        at = min(at, max(0.0, duration_seconds - 2 * frame))
     try:
         await _grab_frame(video, out, at)
     except MediaError:

@@ -221,6 +221,10 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
 async def _clip_failed(ctx: Context[ClipCompleted], failure: ClipFailed) -> None:
     """Record the attempt's failure; the last allowed attempt fails the generation."""
     done = ctx.data
+    # The generation's row first, as every transaction touching a generation and its clips takes
+    # them (the clips stage resubmitting, a status move): clip then generation here deadlocked.
+    if await status.current(ctx.conn, ctx.generation_id) is None:
+        return
     clip = await ctx.conn.fetchrow(
         "UPDATE clips SET error = $4, updated_at = now(),"
         " status = CASE WHEN attempts - first_attempt + 1 >= $5 THEN 'failed' ELSE status END"
@@ -316,8 +320,11 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
         for row in clips:
             frames.append(media.piece_frames(at, float(row["duration_seconds"])))
             at += float(row["duration_seconds"])
-        info = await media.assemble(pieces, frames, final, crossfade=look.crossfade)
-        await media.thumbnail(final, thumb, at_seconds=min(1.0, info.duration_seconds / 2))
+        # The poster frame (1 s in) comes from the first piece, taken while the pieces are joined.
+        info, _ = await asyncio.gather(
+            media.assemble(pieces, frames, final, crossfade=look.crossfade),
+            media.thumbnail(pieces[0], thumb, at_seconds=1.0, duration_seconds=frames[0] / media.FPS),
+        )
         await store.put_file(storage.final_key(ctx.generation_id), final, "video/mp4")
         await store.put_file(storage.thumbnail_key(ctx.generation_id), thumb, "image/jpeg")
     video = Video(

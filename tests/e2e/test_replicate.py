@@ -498,7 +498,8 @@ async def test_an_output_host_answering_503_is_waited_out_without_paying_again(
 async def test_an_output_refused_for_good_fails_the_attempt_and_the_clip_is_made_again(
     cloud: Stack, replicate: FakeReplicate
 ) -> None:
-    replicate.file_errors = [404]
+    # Gone for good: a duplicate outcome of that prediction (a poll beside its webhook) meets 404 too.
+    replicate.refuse_outputs = 1
     result = await generate(cloud, duration=10)
     assert result["status"] == "completed", result["error"]
     assert len(created_for(replicate, result["generation_id"])) == len(result["clips"]) + 1

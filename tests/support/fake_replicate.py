@@ -192,6 +192,9 @@ class FakeReplicate:
         self.reject_creates: set[int] = set()
         #: Statuses the output host answers the next output downloads with, in order.
         self.file_errors: list[int] = []
+        #: The next this many predictions whose output is fetched answer 404 for it, every time.
+        self.refuse_outputs = 0
+        self._refused_outputs: set[str] = set()
         #: Output downloads served, by prediction id.
         self.file_gets: dict[str, int] = {}
         #: Output downloads wait (counted in ``files_waiting``) until ``release_files()``.
@@ -442,6 +445,11 @@ class FakeReplicate:
     async def _file(self, request: web.Request) -> web.StreamResponse:
         if self.file_errors:
             return self._error(self.file_errors.pop(0), "The output host is busy.")
+        if self.refuse_outputs and request.match_info["id"] not in self._refused_outputs:
+            self.refuse_outputs -= 1
+            self._refused_outputs.add(request.match_info["id"])
+        if request.match_info["id"] in self._refused_outputs:
+            return self._error(404, "This output is gone.")
         path = self._files / f"{request.match_info['id']}.mp4"
         self.file_gets[request.match_info["id"]] = self.file_gets.get(request.match_info["id"], 0) + 1
         if self.hold_files:
