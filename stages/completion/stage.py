@@ -323,7 +323,7 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
         # The poster frame (1 s in) comes from the first piece, taken while the pieces are joined.
         info, _ = await asyncio.gather(
             media.assemble(pieces, frames, final, crossfade=look.crossfade),
-            media.thumbnail(pieces[0], thumb, at_seconds=1.0, duration_seconds=frames[0] / media.FPS),
+            media.thumbnail(pieces[0], thumb, at_seconds=1.0),
         )
         await store.put_file(storage.final_key(ctx.generation_id), final, "video/mp4")
         await store.put_file(storage.thumbnail_key(ctx.generation_id), thumb, "image/jpeg")

@@ -10,6 +10,7 @@ from typing import Any
 
 import av
 import pytest
+from PIL import Image, ImageChops, ImageStat
 
 from reelstream import media
 from reelstream.media import (
@@ -385,3 +386,15 @@ async def test_run_ffmpeg_error_carries_stderr(tmp_path: Path) -> None:
 def test_ffmpeg_exe_is_cached() -> None:
     assert media.ffmpeg_exe() is media.ffmpeg_exe()
     assert Path(media.ffmpeg_exe()).is_file()
+
+
+async def test_thumbnail_is_the_frame_at_the_moment_asked(tmp_path: Path, clips: list[Path]) -> None:
+    """The poster is the frame 1 s in (what a viewer sees there), not the first or a nearby keyframe."""
+    out = tmp_path / "thumb.jpg"
+    await thumbnail(clips[0], out, at_seconds=1.0)
+    with av.open(str(clips[0])) as container:
+        frames = [f.to_image() for f in container.decode(video=0)]
+        rate = float(container.streams.video[0].average_rate or 24)
+    poster = Image.open(out).convert("RGB")
+    distances = [sum(ImageStat.Stat(ImageChops.difference(poster, f)).mean) for f in frames]
+    assert min(range(len(frames)), key=distances.__getitem__) == round(1.0 * rate)
