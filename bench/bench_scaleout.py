@@ -16,15 +16,23 @@ import time
 from pathlib import Path
 
 import common
-from bench_orchestration import AT_ONCE, CLIPS_PER_ORDER, ORDERS, SETTINGS, drive, finished_piece, print_busy
+from bench_orchestration import (
+    AT_ONCE,
+    CLIPS_PER_ORDER,
+    ORDERS,
+    SETTINGS,
+    drive,
+    finished_pieces,
+    print_busy,
+    provider_options,
+)
 
 STAGE = "completion"
 
 
-async def one_run(piece: Path, instances: int) -> float:
+async def one_run(pieces: str, instances: int) -> float:
     logs = common.log_dir(f"scaleout-{instances}")
-    provider = {"BENCH_PROVIDER_DELAY": "0", "BENCH_PRERENDERED": str(piece)}
-    with common.stack(logs, provider=provider, **SETTINGS) as stack:
+    with common.stack(logs, provider=provider_options(pieces), **SETTINGS) as stack:
         extra: list[common.Proc] = []
         try:
             for n in range(2, instances + 1):
@@ -40,20 +48,20 @@ async def one_run(piece: Path, instances: int) -> float:
                 proc.stop()
     print(
         f"{instances} x {STAGE}: {ORDERS} orders of {CLIPS_PER_ORDER} clips ({AT_ONCE} at a time)"
-        f" {result.statuses} in {result.elapsed:.1f} s: {result.rate:.2f} generations/s,"
+        f" {result.statuses} in {result.elapsed:.1f} s: {result.steady_rate:.2f} generations/s,"
         f" POST to first prediction p99 {result.p99 * 1000:.0f} ms"
     )
     print_busy(result)
-    return result.rate
+    return result.steady_rate
 
 
 async def main() -> int:
     info = common.header(f"scale-out: one and two {STAGE} processes", "python bench/bench_scaleout.py")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="reelstream-bench-scale-") as tmp:
-        piece = await finished_piece(Path(tmp))
-        one = await one_run(piece, 1)
-        two = await one_run(piece, 2)
+        pieces = await finished_pieces(Path(tmp))
+        one = await one_run(pieces, 1)
+        two = await one_run(pieces, 2)
     print(
         f"two {STAGE} instances: {two:.2f} generations/s beside one: {one:.2f} ({two / one:.2f}x),"
         f" {time.monotonic() - started:.0f} s in all"

@@ -618,6 +618,49 @@ def cpu_by_kind(stack_: Stack) -> dict[str, float]:
     return kinds
 
 
+def cpu_by_role(stack_: Stack, extra_pids: Sequence[int] = ()) -> dict[str, float]:
+    """CPU seconds used so far by every process of the stack, by role.
+
+    Roles: ``gateway``, ``stage NAME`` (each Python stage, instances summed), ``ffmpeg`` (the stages'
+    finished child processes: joins, thumbnails, encodes), ``postgres`` (every backend, and the ones
+    that exited, through the postmaster), ``tansu``, ``supervisor`` and ``stand-in`` (the provider's).
+    """
+    roles: dict[str, float] = {}
+
+    def add(role: str, seconds: float) -> None:
+        roles[role] = roles.get(role, 0.0) + seconds
+
+    lines = {**stack_.processes(), **{pid: cmdline(pid) for pid in extra_pids}}
+    for pid, line in lines.items():
+        own, finished_children = _cpu_split(pid)
+        words = line.split()
+        if "postgres" in line:
+            add("postgres", own + finished_children)
+        elif "tansu" in line:
+            add("tansu", own)
+        elif "stage" in words:
+            add(f"stage {words[words.index('stage') + 1]}", own)
+            add("ffmpeg", finished_children)
+        elif "gateway" in words:
+            add("gateway", own)
+        elif pid == stack_.serve.pid:
+            add("supervisor", own)
+        else:
+            add("other", own + finished_children)
+    add("stand-in", cpu_seconds(stack_.provider.pid))
+    return roles
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """(own CPU seconds, CPU seconds of its children that have exited) of ``pid``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
 def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
     """``reelstream 1.21 cores, postgres 0.30, ...``: what each kind used during ``seconds``."""
     parts = [f"{k} {(after.get(k, 0.0) - v) / seconds:.2f}" for k, v in before.items()]

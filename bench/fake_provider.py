@@ -1,11 +1,12 @@
 """The Replicate stand-in of the tests (tests/support/fake_replicate.py), run as its own process.
 
 Every prediction is held (``hold_predictions``): it is created and stays ``processing``, so no clip ever
-finishes and the benchmarks measure the stack with generations waiting for webhooks, like a provider
-that takes minutes per clip. With ``BENCH_PRERENDERED=FILE`` every prediction instead finishes after
-``BENCH_PROVIDER_DELAY`` seconds with that file as its output, signed webhook and all, and costs this
-machine nothing to "render". A process of its own, so its CPU is not charged to ``serve``'s.
-Prints ``listening on URL`` once it answers; stops on SIGTERM.
+finishes and the benchmarks measure the stack with generations waiting for webhooks, like a provider that
+takes minutes per clip. With ``BENCH_PRERENDERED=FILE`` (or ``SEED=FILE,...``: by the prediction's seed)
+every prediction instead finishes after ``BENCH_PROVIDER_DELAY`` seconds (plus up to
+``BENCH_PROVIDER_JITTER`` more) with that file as its output, signed webhook and all, and costs this
+machine nothing to "render". A process of its own, so its CPU is not charged to ``serve``'s. Prints
+``listening on URL`` once it answers; stops on SIGTERM.
 """
 
 import asyncio
@@ -26,8 +27,13 @@ async def main() -> None:
         secret=os.environ.get("BENCH_WEBHOOK_SECRET"),
         render_delay=float(os.environ.get("BENCH_PROVIDER_DELAY", "0.05")),
     )
+    fake.render_jitter = float(os.environ.get("BENCH_PROVIDER_JITTER", "0"))
     prerendered = os.environ.get("BENCH_PRERENDERED")
-    if prerendered:
+    if prerendered and "=" in prerendered:
+        for item in prerendered.split(","):
+            seed, path = item.split("=", 1)
+            fake.prerendered_by_seed[int(seed)] = Path(path)
+    elif prerendered:
         fake.prerendered = Path(prerendered)
     else:
         fake.hold_predictions = True

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import secrets
 import shutil
 import string
@@ -145,6 +146,10 @@ class FakeReplicate:
         self.token = token
         self.secret = secret or "whsec_" + b64encode(secrets.token_bytes(32)).decode()
         self.render_delay = render_delay
+        #: Each prediction takes ``render_delay`` plus up to this many seconds more (uniform, the same
+        #: sequence every run): real renders vary, so an order's clips land apart.
+        self.render_jitter = 0.0
+        self._jitter = random.Random(0)
         self.page_size = page_size
         self.webhook_retries = webhook_retries
         #: Renders are cut to this length (None: the full requested length, ~0.4 s of CPU per 5 s clip).
@@ -152,6 +157,9 @@ class FakeReplicate:
         #: Serve this file as every prediction's output instead of rendering one: a provider whose
         #: work costs this machine nothing (the benchmarks measure our overhead, not the fake's CPU).
         self.prerendered: Path | None = None
+        #: Like ``prerendered``, by the prediction's ``seed`` (clip i of an order asking for seed s
+        #: gets s + i): a clip already cut to its share, for orders whose clips differ in length.
+        self.prerendered_by_seed: dict[int, Path] = {}
         self.models: dict[str, dict[str, Any]] = dict(MODELS)
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -259,7 +267,7 @@ class FakeReplicate:
 
     async def _run(self, pid: str) -> None:
         pred, job = self.predictions[pid], self._jobs[pid]
-        await asyncio.sleep(self.render_delay)
+        await asyncio.sleep(self.render_delay + self._jitter.uniform(0.0, self.render_jitter))
         job.started = time.monotonic()
         pred.update(status="processing", started_at=_now())
         if self.hold_predictions:
@@ -279,11 +287,12 @@ class FakeReplicate:
 
     async def _render(self, pid: str, given: dict[str, Any]) -> None:
         """A clip sized and timed like the model's output: Wan 2.2 from frames/fps, 2.5 from ``size``."""
-        if self.prerendered is not None:
-            await asyncio.to_thread(os.link, self.prerendered, self._files / f"{pid}.mp4")
-            return
         props = self.models[self.predictions[pid]["model"]]["properties"]
         inp = {k: p["default"] for k, p in props.items() if "default" in p} | given
+        ready = self.prerendered_by_seed.get(inp.get("seed", -1), self.prerendered)
+        if ready is not None:
+            await asyncio.to_thread(os.link, ready, self._files / f"{pid}.mp4")
+            return
         if "size" in inp:
             width, height = (int(v) for v in inp["size"].split("*"))
         else:
