@@ -8,7 +8,7 @@ hard cuts: the planner cuts them into five clips (3, 3, 5, 5 and 5 s), the targe
 
 Two measurements on one stack:
 
-1. **Throughput**: ``BENCH_ORDERS`` (100) orders posted ``AT_ONCE`` at a time, as fast as they are
+1. **Throughput**: ``BENCH_ORDERS`` (80) orders posted ``AT_ONCE`` at a time, as fast as they are
    accepted; generations/s is the rate at which they complete in the steady middle (between the 10th
    and the 90th percentile of their completion times), beside the whole run's. With it, the CPU seconds
    every part of the stack spent per generation (ffmpeg, Postgres and tansu included): the machine's
@@ -42,7 +42,7 @@ from reelstream import media
 from schemas.api import DELIVERY_SIZES
 from schemas.events import ClipSpec
 
-ORDERS = int(os.environ.get("BENCH_ORDERS", "100"))
+ORDERS = int(os.environ.get("BENCH_ORDERS", "80"))
 AT_ONCE = 16
 PACED_RATE = float(os.environ.get("BENCH_PACED_RATE", "2"))
 PACED_ORDERS = int(os.environ.get("BENCH_PACED_ORDERS", "20"))

@@ -576,11 +576,22 @@ async def _crossfaded(
     bodies: list[Path] = []
     heads: list[Path | None] = []
     tails: list[Path | None] = []
-    for i, piece in enumerate(pieces):
-        left = i > 0 and fades[i - 1]
-        right = i < len(pieces) - 1 and fades[i]
-        cuts = ([half] if left else []) + ([frames[i] - half] if right else [])
-        parts = await _split(piece, cuts, work, f"p{i:03d}")
+    sides = [(i > 0 and fades[i - 1], i < len(pieces) - 1 and fades[i]) for i in range(len(pieces))]
+    # Every piece is split at once (stream copies, each its own process): one after another they
+    # were most of a join's wall time.
+    outcomes = await asyncio.gather(
+        *(
+            _split(piece, ([half] if left else []) + ([frames[i] - half] if right else []), work, f"p{i:03d}")
+            for i, (piece, (left, right)) in enumerate(zip(pieces, sides, strict=True))
+        ),
+        return_exceptions=True,  # every split has ended before one's failure is raised
+    )
+    splits: list[list[Path]] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        splits.append(outcome)
+    for parts, (left, right) in zip(splits, sides, strict=True):
         heads.append(parts[0] if left else None)
         tails.append(parts[-1] if right else None)
         bodies.append(parts[1] if left else parts[0])
