@@ -231,7 +231,8 @@ def print_busy(result: Drive) -> None:
     )
     print(
         f"at that cost {os.cpu_count()} cores complete at most {result.cpu_ceiling():.2f} generations/s"
-        f" (measured {result.steady_rate:.2f}: {result.steady_rate / result.cpu_ceiling():.0%} of it)"
+        f" (the whole run, fill and drain included, completed {result.rate:.2f}/s:"
+        f" {result.rate / result.cpu_ceiling():.0%} of it)"
     )
 
 
