@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ __all__ = [
     "assemble",
     "concat",
     "crossfade_cuts",
+    "fades_between",
     "ffmpeg_exe",
     "finish_args",
     "finish_clip",
@@ -48,6 +49,7 @@ __all__ = [
     "render_clip",
     "run_ffmpeg",
     "thumbnail",
+    "transition",
 ]
 
 #: Encoder threads per ffmpeg process: the workers share small machines, and several clips may
@@ -542,13 +544,16 @@ async def assemble(
     crossfade: bool,
     fps: int = FPS,
     half: int = CROSSFADE_HALF,
+    transitions: Mapping[int, Path] | None = None,
 ) -> VideoInfo:
     """The final video: pieces joined by stream copy, crossfaded at the boundaries, with an AAC track.
 
     With ``crossfade`` each boundary between two pieces long enough (see :func:`crossfade_cuts`) is
     replaced by a short dissolve made from the outgoing piece's last ``half`` frames and the incoming
     one's first ``half``; the rest of every piece is cut out at its keyframes by stream copy, so the
-    total length is unchanged and only ``2 * half`` frames per boundary are encoded here. The audio is
+    total length is unchanged and only ``2 * half`` frames per boundary are encoded here, unless
+    ``transitions`` already holds that boundary's dissolve (made by :func:`transition` from the same
+    two pieces, by boundary number: 0 is between the first and the second piece). The audio is
     silence (for now) encoded once to the exact length of the video.
     """
     if not pieces or len(pieces) != len(frames):
@@ -559,20 +564,41 @@ async def assemble(
         joined: list[Path] = list(pieces)
         if crossfade and len(pieces) > 1:
             try:
-                joined = await _crossfaded(pieces, frames, work, fps=fps, half=half)
+                joined = await _crossfaded(pieces, frames, work, fps=fps, half=half, ready=transitions or {})
             except _NotSplittable as exc:
                 log.warning("joining with hard cuts: %s", exc)
         return await concat(joined, out, audio_seconds=total / fps)
 
 
+def fades_between(tail_frames: int, head_frames: int, half: int = CROSSFADE_HALF) -> bool:
+    """Whether the boundary between pieces of these lengths is a crossfade (both long enough)."""
+    return bool(crossfade_cuts(tail_frames, half)) and bool(crossfade_cuts(head_frames, half))
+
+
+async def transition(
+    tail: Path, tail_frames: int, head: Path, head_frames: int, out: Path, *, fps: int = FPS,
+    half: int = CROSSFADE_HALF,
+) -> None:  # fmt: skip
+    """The dissolve :func:`assemble` puts between finished pieces ``tail`` and ``head``, made now.
+
+    The same parts and the same encode as at the join, so a dissolve made as soon as both of its
+    pieces are finished can stand in for the one the join would make (``assemble(transitions=...)``).
+    """
+    if not fades_between(tail_frames, head_frames, half):
+        raise ValueError("these pieces are too short for a crossfade between them")
+    with tempfile.TemporaryDirectory(prefix="reelstream-transition-") as tmpdir:
+        work = Path(tmpdir)
+        ending, beginning = await asyncio.gather(
+            _split(tail, [tail_frames - half], work, "tail"), _split(head, [half], work, "head")
+        )
+        await _crossfade(ending[-1], beginning[0], out, half=half, fps=fps)
+
+
 async def _crossfaded(
-    pieces: list[Path], frames: list[int], work: Path, *, fps: int, half: int
+    pieces: list[Path], frames: list[int], work: Path, *, fps: int, half: int, ready: Mapping[int, Path]
 ) -> list[Path]:
     """The parts to concatenate: each piece's body, and a dissolve at each boundary long enough."""
-    fades = [
-        bool(crossfade_cuts(frames[i], half)) and bool(crossfade_cuts(frames[i + 1], half))
-        for i in range(len(pieces) - 1)
-    ]
+    fades = [fades_between(frames[i], frames[i + 1], half) for i in range(len(pieces) - 1)]
     bodies: list[Path] = []
     heads: list[Path | None] = []
     tails: list[Path | None] = []
@@ -600,6 +626,9 @@ async def _crossfaded(
     for i, fade in enumerate(fades):
         if not fade:
             transitions.append(None)
+            continue
+        if i in ready:
+            transitions.append(ready[i])
             continue
         tail, head = tails[i], heads[i + 1]
         assert tail is not None and head is not None

@@ -63,6 +63,13 @@ RETRIES = Counter(
 DEAD_LETTERED = Counter(
     "reelstream_dead_lettered_total", "Messages sent to a DLQ", ["stage", "topic"], registry=REGISTRY
 )
+TRANSITIONS = Counter(
+    "reelstream_transitions_total",
+    "Crossfades between finished clips, by when they were made: as soon as both clips were finished"
+    " (early) or by the join after the last clip (at_join).",
+    ["when"],
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "reelstream_consumer_lag",
     "Messages on a partition not yet committed by the stage (high watermark minus committed offset)",

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from reelstream import finishing, media, metrics, outcomes, outstanding, status, storage
+from reelstream import finishing, media, metrics, outcomes, outstanding, status, storage, transitions
 from reelstream.runtime import Context, PermanentError, Stage, TransientError, by_clip
 from schemas import topics
 from schemas.api import Compliance, Video
@@ -189,21 +189,25 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
             keyframes=media.crossfade_cuts(frames) if look.crossfade else None,
         )
         await store.put_file(storage.clip_key(ctx.generation_id, done.clip_id), piece, "video/mp4")
-    predict_time = (done.prediction.metrics or {}).get("predict_time")
-    await ctx.pool.execute(
-        "UPDATE clips SET status = 'succeeded', storage_key = $4, predict_time = $5, error = NULL,"
-        " prediction_id = COALESCE(prediction_id, $6), outcome = $7, finishing = $8, updated_at = now()"
-        " WHERE generation_id = $1 AND clip_id = $2 AND attempts = $3"
-        " AND status IN ('pending', 'submitted', 'processing')",
-        ctx.generation_id,
-        done.clip_id,
-        done.attempt,
-        storage.clip_key(ctx.generation_id, done.clip_id),
-        float(predict_time) if isinstance(predict_time, int | float) else None,
-        done.prediction.id,
-        ctx.event.model_dump(mode="json"),
-        layers.note,
-    )
+        predict_time = (done.prediction.metrics or {}).get("predict_time")
+        await ctx.pool.execute(
+            "UPDATE clips SET status = 'succeeded', storage_key = $4, predict_time = $5, error = NULL,"
+            " prediction_id = COALESCE(prediction_id, $6), outcome = $7, finishing = $8, updated_at = now()"
+            " WHERE generation_id = $1 AND clip_id = $2 AND attempts = $3"
+            " AND status IN ('pending', 'submitted', 'processing')",
+            ctx.generation_id,
+            done.clip_id,
+            done.attempt,
+            storage.clip_key(ctx.generation_id, done.clip_id),
+            float(predict_time) if isinstance(predict_time, int | float) else None,
+            done.prediction.id,
+            ctx.event.model_dump(mode="json"),
+            layers.note,
+        )
+        if (
+            look.crossfade
+        ):  # after the clip is recorded: of two neighbours finishing at once, the later sees both
+            await _crossfades_beside(ctx, done.clip_id, piece, frames, Path(tmp))
     log.info(
         "%s %s finished: %s %.2fs %dx%d in, %d frames %dx%d out",
         ctx.generation_id,
@@ -216,6 +220,39 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
         width,
         height,
     )
+
+
+async def _crossfades_beside(
+    ctx: Context[ClipCompleted], clip_id: str, piece: Path, frames: int, work: Path
+) -> None:
+    """Make the crossfades between this clip's piece and each neighbour already finished
+    (:mod:`reelstream.transitions`), so that the join does not have to. Never fails the clip."""
+    rows = await ctx.pool.fetch(
+        "SELECT c.idx - me.idx AS side, c.storage_key, c.duration_seconds,"
+        " (SELECT COALESCE(sum(p.duration_seconds), 0) FROM clips p"
+        "  WHERE p.generation_id = c.generation_id AND p.idx < c.idx) AS start_seconds"
+        " FROM clips me JOIN clips c"
+        " ON c.generation_id = me.generation_id AND c.idx IN (me.idx - 1, me.idx + 1)"
+        " WHERE me.generation_id = $1 AND me.clip_id = $2 AND c.status = 'succeeded'",
+        ctx.generation_id,
+        clip_id,
+    )
+    store: storage.Storage = ctx.deps.storage
+    for row in rows:
+        neighbour_frames = media.piece_frames(float(row["start_seconds"]), float(row["duration_seconds"]))
+        if not media.fades_between(frames, neighbour_frames):
+            continue
+        try:
+            neighbour = store.local_path(row["storage_key"])
+            if neighbour is None:
+                neighbour = work / f"neighbour{row['side']:+d}.mp4"
+                await store.get_file(row["storage_key"], neighbour)
+            if row["side"] < 0:
+                await transitions.prepare(neighbour, neighbour_frames, piece, frames)
+            else:
+                await transitions.prepare(piece, frames, neighbour, neighbour_frames)
+        except Exception as exc:  # the join makes it instead
+            log.warning("%s %s: no early crossfade: %r", ctx.generation_id, clip_id, exc)
 
 
 async def _clip_failed(ctx: Context[ClipCompleted], failure: ClipFailed) -> None:
@@ -320,11 +357,13 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
         for row in clips:
             frames.append(media.piece_frames(at, float(row["duration_seconds"])))
             at += float(row["duration_seconds"])
+        made = await transitions.ready(pieces, frames) if look.crossfade else {}
         # The poster frame (1 s in) comes from the first piece, taken while the pieces are joined.
         info, _ = await asyncio.gather(
-            media.assemble(pieces, frames, final, crossfade=look.crossfade),
+            media.assemble(pieces, frames, final, crossfade=look.crossfade, transitions=made),
             media.thumbnail(pieces[0], thumb, at_seconds=1.0),
         )
+        await transitions.forget(list(made.values()))
         await store.put_file(storage.final_key(ctx.generation_id), final, "video/mp4")
         await store.put_file(storage.thumbnail_key(ctx.generation_id), thumb, "image/jpeg")
     video = Video(

@@ -28,7 +28,7 @@ from fake_replicate import WAN_22_T2V_FAST, FakeReplicate
 from loopback import serve
 from PIL import Image, ImageOps
 
-from reelstream import overlays
+from reelstream import metrics, overlays
 from reelstream.providers import ProviderUnavailable, VideoProvider
 from reelstream.webhooks import sign
 from schemas.events import ClipSpec, Prediction
@@ -414,6 +414,48 @@ async def test_a_generations_clips_are_fetched_and_finished_side_by_side(
     result = await wait_for(cloud, generation_id)
     assert result["status"] == "completed", result["error"]
     assert result["video"]["duration_seconds"] == 15
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 60) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still not so after {seconds:.0f} s")
+
+
+def transitions_made(when: str) -> float:
+    return metrics.REGISTRY.get_sample_value("reelstream_transitions_total", {"when": when}) or 0.0
+
+
+async def test_each_crossfade_is_made_as_soon_as_both_of_its_clips_are_in(
+    cloud: Stack, replicate: FakeReplicate
+) -> None:
+    """Clips landing one by one: the crossfade of each boundary is made when its second clip is finished,
+    so the join after the last webhook makes none of them, and the video is whole."""
+    early, at_join = transitions_made("early"), transitions_made("at_join")
+    replicate.hold_predictions = True
+    try:
+        generation_id = await submit(cloud, duration=15, transitions="crossfade")
+        planned = await wait_for(cloud, generation_id, until=lambda d: len(d["clips"]) > 1)
+        clips = len(planned["clips"])
+        for landed in range(1, clips + 1):
+            await eventually(lambda: replicate.held > 0)
+            replicate.release_next()  # clips are created, so held and released, in playback order
+            if landed < clips:  # this clip's crossfade with the one before it is made (none for the first)
+                await wait_for(
+                    cloud,
+                    generation_id,
+                    until=lambda d, n=landed: sum(c["status"] == "succeeded" for c in d["clips"]) >= n,
+                )
+                await eventually(lambda n=landed: transitions_made("early") - early >= n - 1)
+    finally:
+        replicate.release()
+    result = await wait_for(cloud, generation_id)
+    assert result["status"] == "completed", result["error"]
+    assert result["video"]["duration_seconds"] == 15
+    assert transitions_made("early") - early == clips - 1
+    assert transitions_made("at_join") == at_join
 
 
 async def test_forged_or_stale_signatures_are_refused(cloud: Stack, replicate: FakeReplicate) -> None:

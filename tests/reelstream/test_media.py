@@ -398,3 +398,61 @@ async def test_thumbnail_is_the_frame_at_the_moment_asked(tmp_path: Path, clips:
     poster = Image.open(out).convert("RGB")
     distances = [sum(ImageStat.Stat(ImageChops.difference(poster, f)).mean) for f in frames]
     assert min(range(len(frames)), key=distances.__getitem__) == round(1.0 * rate)
+
+
+# --------------------------------------------------------------------------- crossfades made early
+
+
+async def crossfade_pieces(work: Path, clips: list[Path]) -> tuple[list[Path], list[int]]:
+    """The three clips finished into 2 s pieces with the keyframes a crossfade cuts at."""
+    frames = [media.piece_frames(2.0 * i, 2.0) for i in range(len(clips))]
+    pieces = []
+    for i, clip in enumerate(clips):
+        piece = work / f"piece{i}.mp4"
+        await media.finish_clip(
+            clip, piece, frames=frames[i], width=640, height=360, keyframes=media.crossfade_cuts(frames[i])
+        )
+        pieces.append(piece)
+    return pieces, frames
+
+
+def decoded(path: Path) -> list[Image.Image]:
+    with av.open(str(path)) as container:
+        return [f.to_image() for f in container.decode(video=0)]
+
+
+def same(a: Image.Image, b: Image.Image) -> bool:
+    return ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getbbox() is None
+
+
+async def test_a_crossfade_made_before_the_join_is_the_one_the_join_would_make(
+    tmp_path: Path, clips: list[Path]
+) -> None:
+    pieces, frames = await crossfade_pieces(tmp_path, clips)
+    await media.assemble(pieces, frames, tmp_path / "joined.mp4", crossfade=True)
+    early = tmp_path / "early.mp4"
+    await media.transition(pieces[1], frames[1], pieces[2], frames[2], early)
+    await media.assemble(pieces, frames, tmp_path / "given.mp4", crossfade=True, transitions={1: early})
+    joined, given = decoded(tmp_path / "joined.mp4"), decoded(tmp_path / "given.mp4")
+    assert len(joined) == len(given) == sum(frames)
+    assert all(same(a, b) for a, b in zip(joined, given, strict=True))
+
+
+async def test_the_join_takes_a_crossfade_given_to_it_as_it_is(tmp_path: Path, clips: list[Path]) -> None:
+    """The join uses what it is given for that boundary (it does not make it again), and only there."""
+    pieces, frames = await crossfade_pieces(tmp_path, clips)
+    await media.assemble(pieces, frames, tmp_path / "joined.mp4", crossfade=True)
+    other = tmp_path / "other.mp4"  # a dissolve of other pieces: visibly not the boundary's own
+    await media.transition(pieces[2], frames[2], pieces[0], frames[0], other)
+    await media.assemble(pieces, frames, tmp_path / "given.mp4", crossfade=True, transitions={1: other})
+    joined, given = decoded(tmp_path / "joined.mp4"), decoded(tmp_path / "given.mp4")
+    assert len(given) == sum(frames)
+    boundary, half = frames[0] + frames[1], media.CROSSFADE_HALF
+    fade = range(boundary - half, boundary + half)
+    assert [i for i in range(len(given)) if not same(joined[i], given[i])] == list(fade)
+    assert all(same(given[boundary - half + k], f) for k, f in enumerate(decoded(other)))
+
+
+async def test_pieces_too_short_for_a_crossfade_have_none_made(tmp_path: Path, clips: list[Path]) -> None:
+    with pytest.raises(ValueError):
+        await media.transition(clips[0], 12, clips[1], 12, tmp_path / "x.mp4")

@@ -195,7 +195,8 @@ class FakeReplicate:
         self._throttle: list[int] = []
         self._hangs: list[float] = []
         self._fates: list[tuple[str, str | None]] = []
-        self._release = asyncio.Event()
+        #: One gate per held prediction, in the order they were created.
+        self._held: list[asyncio.Event] = []
         #: Create requests (counted from 1, throttled ones included) answered 422 as if invalid.
         self.reject_creates: set[int] = set()
         #: Statuses the output host answers the next output downloads with, in order.
@@ -232,8 +233,18 @@ class FakeReplicate:
     def release(self) -> None:
         """Let held predictions (``hold_predictions``) finish, and stop holding new ones."""
         self.hold_predictions = False
-        self._release.set()
-        self._release = asyncio.Event()
+        for gate in self._held:
+            gate.set()
+        self._held = []
+
+    def release_next(self) -> None:
+        """Let the oldest held prediction finish (the others stay held)."""
+        self._held.pop(0).set()
+
+    @property
+    def held(self) -> int:
+        """Predictions being held now."""
+        return len(self._held)
 
     def release_files(self) -> None:
         """Let held output downloads (``hold_files``) go on, and stop holding new ones."""
@@ -271,7 +282,9 @@ class FakeReplicate:
         job.started = time.monotonic()
         pred.update(status="processing", started_at=_now())
         if self.hold_predictions:
-            await self._release.wait()
+            gate = asyncio.Event()
+            self._held.append(gate)
+            await gate.wait()
         if job.outcome == "succeeded_null":
             done = self._finish(pid, "succeeded", output=None)
         elif job.outcome != "succeeded":
