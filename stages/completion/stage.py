@@ -238,10 +238,11 @@ async def _crossfades_beside(
         clip_id,
     )
     store: storage.Storage = ctx.deps.storage
-    for row in rows:
+
+    async def beside(row: asyncpg.Record) -> None:
         neighbour_frames = media.piece_frames(float(row["start_seconds"]), float(row["duration_seconds"]))
         if not media.fades_between(frames, neighbour_frames):
-            continue
+            return
         try:
             neighbour = store.local_path(row["storage_key"])
             if neighbour is None:
@@ -253,6 +254,9 @@ async def _crossfades_beside(
                 await transitions.prepare(piece, frames, neighbour, neighbour_frames)
         except Exception as exc:  # the join makes it instead
             log.warning("%s %s: no early crossfade: %r", ctx.generation_id, clip_id, exc)
+
+    # Both sides at once: the clip landing last is often a middle one, with a crossfade on each side.
+    await asyncio.gather(*(beside(row) for row in rows))
 
 
 async def _clip_failed(ctx: Context[ClipCompleted], failure: ClipFailed) -> None:
