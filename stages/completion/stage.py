@@ -7,11 +7,13 @@ size, frame filled, constant frame rate, exactly its share of the frames, the br
 and end card from :mod:`reelstream.finishing`) while the other clips still render, stores the piece
 as the clip and records it with its finishing note. A generation's clips are finished side by side
 (the stage orders its events by clip, not by generation), so clips that land together do not queue
-behind each other. Once every clip has succeeded the pieces are joined by stream copy (crossfades
-encode only the frames around each boundary) into ``final.mp4`` with a silent AAC track, and
-``thumbnail.jpg``; the compliance report is recorded with the video. After the last webhook only the
-last clip's own finishing and the join remain. A transient failure to fetch is retried; a permanent
-one fails the attempt, and the clips stage resubmits the clip while attempts remain.
+behind each other, and each crossfade is made as soon as both of its clips are finished
+(:mod:`reelstream.transitions`). Once every clip has succeeded the pieces are joined by stream copy
+(a crossfade not made yet encodes only the frames around its boundary) into ``final.mp4`` with a
+silent AAC track, and ``thumbnail.jpg``; the compliance report is recorded with the video. After the
+last webhook only the last clip's own finishing, its crossfades and the join remain. A transient
+failure to fetch is retried; a permanent one fails the attempt, and the clips stage resubmits the clip
+while attempts remain.
 
 ``record`` (in the handling transaction) writes the clip's failure or the generation's completion and
 emits what follows. Every step is safe to repeat: a crash mid-assembly assembles again.
@@ -204,9 +206,8 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
             ctx.event.model_dump(mode="json"),
             layers.note,
         )
-        if (
-            look.crossfade
-        ):  # after the clip is recorded: of two neighbours finishing at once, the later sees both
+        # After the clip is recorded: of two neighbours finishing at once, the later sees both.
+        if look.crossfade:
             await _crossfades_beside(ctx, done.clip_id, piece, frames, Path(tmp))
     log.info(
         "%s %s finished: %s %.2fs %dx%d in, %d frames %dx%d out",
