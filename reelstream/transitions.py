@@ -37,16 +37,19 @@ def _directory() -> Path:
     return directory
 
 
-def _name(tail: Path, head: Path) -> str:
-    digest = hashlib.sha256()
-    for path in (tail, head):
-        with path.open("rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return f"{digest.hexdigest()[:40]}-{media.CROSSFADE_HALF}-{media.FPS}.mp4"
+def _digest(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+def _name(tail: bytes, head: bytes) -> str:
+    """The file name of the crossfade between pieces with these digests."""
+    return f"{hashlib.sha256(tail + head).hexdigest()[:40]}-{media.CROSSFADE_HALF}-{media.FPS}.mp4"
 
 
 async def _path(tail: Path, head: Path) -> Path:
-    return _directory() / await asyncio.to_thread(_name, tail, head)
+    digests = await asyncio.to_thread(lambda: [_digest(tail), _digest(head)])
+    return _directory() / _name(*digests)
 
 
 async def prepare(tail: Path, tail_frames: int, head: Path, head_frames: int) -> bool:
@@ -79,9 +82,10 @@ async def ready(pieces: list[Path], frames: list[int]) -> dict[int, Path]:
     """The crossfades already made between consecutive ``pieces``, by boundary (0: after the first);
     one being made in this process right now is waited for (it is nearly done: cheaper than another)."""
     found: dict[int, Path] = {}
+    digests = await asyncio.to_thread(lambda: [_digest(piece) for piece in pieces])  # each read once
     for i in range(len(pieces) - 1):
         if media.fades_between(frames[i], frames[i + 1]):
-            path = await _path(pieces[i], pieces[i + 1])
+            path = _directory() / _name(digests[i], digests[i + 1])
             if path.is_file() or (await _made_meanwhile(path) and path.is_file()):
                 found[i] = path
             else:
