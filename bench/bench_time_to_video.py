@@ -35,7 +35,7 @@ PREDICTION_SECONDS = 3.0
 #: The second stand-in: each prediction takes 3 s plus up to this much more, so an order's clips land
 #: apart as real renders do (Wan's times vary), not all at the same instant.
 JITTER_SECONDS = 3.0
-SINGLE_RUNS = 5
+SINGLE_RUNS = 3
 AT_ONCE = 20
 #: The default order: 720p, captions, an end card with the call to action, crossfades.
 ORDER = {"prompt": "A lighthouse keeper's morning, calm sea, soft light", "duration_seconds": 15}
