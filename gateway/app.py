@@ -70,6 +70,7 @@ def create_app(deps: GatewayDeps) -> web.Application:
     app[READINESS] = Readiness()
     app[RECENT] = RecentGenerations(deps.settings.gateway_memory_size)
     app[generations.ROWS] = generations.row_writer(deps)
+    app[generations.ORDER_LOG] = generations.OrderLog()
     app[webhooks.CANCELS] = {}
     app[webhooks.DELIVERIES] = webhooks.delivery_writer(deps)
     app[ws.SOCKETS] = {}
@@ -88,6 +89,7 @@ def create_app(deps: GatewayDeps) -> web.Application:
     app.cleanup_ctx.append(ws.hub_context)
     app.on_shutdown.append(ws.close_sockets)
     app.on_cleanup.append(webhooks.stop_cancels)
+    app.on_cleanup.append(generations.flush_order_log)
     return app
 
 

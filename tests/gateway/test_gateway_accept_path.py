@@ -23,7 +23,9 @@ from gateway_harness import Gateway, GatewayFactory, Tap
 from gateway import database
 from gateway.app import GatewayDeps, run_gateway
 from gateway.batching import GroupCommit
-from gateway.generations import ROWS, NewRow, insert_rows
+from gateway.body import parse_and_validate, parse_json, validate
+from gateway.errors import ApiError
+from gateway.generations import ROWS, NewRow, OrderLog, insert_rows
 from gateway.memory import RecentGenerations
 from reelstream.embedded import free_port
 from reelstream.kafka import Producer
@@ -191,3 +193,66 @@ def test_remembered_orders_read_back_as_accepted() -> None:
     assert detail is not None
     assert (detail.prompt, detail.duration_seconds, detail.aspect_ratio) == ("Remembered", 20, "1:1")
     assert (detail.brand, detail.options, detail.created_at) == (request.brand, request.options, at)
+
+
+async def test_order_lines_come_at_once_when_quiet_and_one_per_burst_under_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every accepted order is named with its request id: at once when alone, then a line per burst."""
+    lines = OrderLog(delay=0.05, max_items=3)
+    with caplog.at_level(logging.INFO, logger="gateway.generations"):
+        lines.add("gen_a", "r1")
+        assert [r.getMessage() for r in caplog.records] == ["generation gen_a requested (request r1)"]
+        lines.add("gen_b", "r2")
+        lines.add("gen_c", "r3")
+        assert len(caplog.records) == 1  # inside the burst: waiting for the tick
+        await asyncio.sleep(0.1)
+        assert caplog.records[-1].getMessage() == (
+            "generations requested: gen_b (request r2), gen_c (request r3)"
+        )
+        for n in range(4):  # a full line is written without waiting for the tick
+            lines.add(f"gen_{n}", f"q{n}")
+        assert caplog.records[-1].getMessage().startswith("generations requested: gen_0 (request q0)")
+        lines.flush()  # shutdown: nothing is left unwritten
+        assert caplog.records[-1].getMessage() == "generation gen_3 requested (request q3)"
+        await asyncio.sleep(0.1)
+        lines.add("gen_d", "r4")  # quiet again: at once
+        assert caplog.records[-1].getMessage() == "generation gen_d requested (request r4)"
+        lines.flush()
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    for gid in ("gen_a", "gen_b", "gen_c", "gen_0", "gen_1", "gen_2", "gen_3", "gen_d"):
+        assert messages.count(gid + " ") == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"prompt": "x", "duration_seconds": 15.0, "brand": {"name": "Acme", "colors": ["#0A84FF"]}}',
+        b'{"prompt": "x", "prompt": "y"}',  # the last one wins, as json.loads has it
+        b'\xef\xbb\xbf{"prompt": "x"}',  # a byte order mark: only json.loads reads it
+        b'{"prompt": "x\\u00e9"}',
+        b'{"prompt": "x\\ud800"}',  # a lone surrogate
+        b'{"prompt": "x", "options": {"max_cost_usd": NaN}}',
+        b'{"prompt": "x", "options": {"max_cost_usd": 1e400}}',
+        b'{"prompt": "x"} trailing',
+        b"",
+        b"[1, 2]",
+        b'{"prompt": "x", "duration_seconds": "15"}',
+        b'{"prompt": "x", "duration_seconds": true}',
+        b'{"prompt": "x\\u0000"}',
+        b"{" * 10_000,
+    ],
+)
+def test_bodies_read_in_one_pass_are_read_as_json_loads_and_validate_read_them(raw: bytes) -> None:
+    """The one-pass parse accepts exactly what parsing then validating accepts, with the same result,
+    and every refusal keeps its status, code and details."""
+
+    def outcome(read: Any) -> Any:
+        try:
+            return read().model_dump()
+        except ApiError as exc:
+            return (exc.status, exc.code, exc.message, exc.details)
+
+    assert outcome(lambda: parse_and_validate(GenerationRequest, raw)) == outcome(
+        lambda: validate(GenerationRequest, parse_json(raw))
+    )
