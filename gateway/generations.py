@@ -15,7 +15,6 @@ While Postgres is unreachable (and the broker is not) orders still come in: the 
 ``Idempotency-Key`` is refused with 503 instead: its key cannot be checked.
 """
 
-import asyncio
 import base64
 import binascii
 import functools
@@ -34,7 +33,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway.auth import owner_of
-from gateway.batching import GroupCommit
+from gateway.batching import BurstLog, GroupCommit
 from gateway.body import json_body
 from gateway.database import DatabaseUnavailable, connection
 from gateway.deps import GatewayDeps, get_deps
@@ -257,55 +256,17 @@ def row_writer(deps: GatewayDeps) -> GroupCommit[NewRow, datetime]:
 ROWS: web.AppKey[GroupCommit[NewRow, datetime]] = web.AppKey("reelstream_generation_rows", GroupCommit)
 
 
-class OrderLog:
-    """The INFO line tying each accepted order's generation id to its request id, one line per burst.
-
-    A line per order (a log record formatted, redacted and written to a pipe the supervisor reads) was
-    a tenth of the accept path's CPU under load. An order arriving while the gateway is quiet is logged
-    at once, as before; the orders accepted in the next ``delay`` seconds share one line
-    (``generations requested: gen_1 (request r1), gen_2 (request r2)``, at most ``max_items`` to a
-    line), and so on while they keep coming. Written at shutdown too (:meth:`flush`), so no accepted
-    order goes unlogged when the gateway stops.
-    """
-
-    def __init__(self, delay: float = 0.05, max_items: int = 100) -> None:
-        self.delay = delay
-        self.max_items = max_items
-        self._pending: list[tuple[str, str]] = []
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, generation_id: str, rid: str) -> None:
-        self._pending.append((generation_id, rid))
-        if self._timer is None or len(self._pending) >= self.max_items:
-            self._write()
-
-    def flush(self) -> None:
-        """Write what is pending now, and end the burst."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._write(rearm=False)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._pending:
-            self._write()  # still busy: the next orders wait for the next tick
-
-    def _write(self, *, rearm: bool = True) -> None:
-        pending, self._pending = self._pending, []
-        if len(pending) == 1:
-            log.info("generation %s requested (request %s)", *pending[0])
-        elif pending:
-            log.info("generations requested: %s", ", ".join(f"{g} (request {r})" for g, r in pending))
-        if rearm and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.delay, self._tick)
+def order_log() -> BurstLog:
+    """The INFO line tying each accepted order's generation id to its request id (see :class:`BurstLog`)."""
+    return BurstLog(
+        log,
+        one="generation %s requested (request %s)",
+        many="generations requested: ",
+        item="%s (request %s)",
+    )
 
 
-ORDER_LOG = web.AppKey("reelstream_order_log", OrderLog)
-
-
-async def flush_order_log(app: web.Application) -> None:
-    app[ORDER_LOG].flush()
+ORDER_LOG = web.AppKey("reelstream_order_log", BurstLog)
 
 
 def check_budget(req: GenerationRequest, settings: Settings) -> None:

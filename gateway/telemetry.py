@@ -22,7 +22,7 @@ from reelstream import logs, tracing
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
     """Whether this process installed the tracing SDK (:func:`reelstream.tracing.setup`)."""
     return bool(tracing._configured)
 
@@ -33,7 +33,7 @@ async def telemetry_middleware(request: web.Request, handler: Handler) -> web.St
     if generation_id is not None:
         logs.bind(generation_id=generation_id)
     traceparent = request.headers.get("traceparent")
-    if traceparent is None and not _exporting():
+    if traceparent is None and not exporting():
         return await handler(request)
     route = route_template(request)
     with tracing.span(

@@ -25,7 +25,7 @@ from gateway.app import GatewayDeps, run_gateway
 from gateway.batching import GroupCommit
 from gateway.body import parse_and_validate, parse_json, validate
 from gateway.errors import ApiError
-from gateway.generations import ROWS, NewRow, OrderLog, insert_rows
+from gateway.generations import ROWS, NewRow, insert_rows, order_log
 from gateway.memory import RecentGenerations
 from reelstream.embedded import free_port
 from reelstream.kafka import Producer
@@ -199,7 +199,8 @@ async def test_order_lines_come_at_once_when_quiet_and_one_per_burst_under_load(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Every accepted order is named with its request id: at once when alone, then a line per burst."""
-    lines = OrderLog(delay=0.05, max_items=3)
+    lines = order_log()
+    lines.max_items = 3
     with caplog.at_level(logging.INFO, logger="gateway.generations"):
         lines.add("gen_a", "r1")
         assert [r.getMessage() for r in caplog.records] == ["generation gen_a requested (request r1)"]
@@ -210,17 +211,22 @@ async def test_order_lines_come_at_once_when_quiet_and_one_per_burst_under_load(
         assert caplog.records[-1].getMessage() == (
             "generations requested: gen_b (request r2), gen_c (request r3)"
         )
-        for n in range(4):  # a full line is written without waiting for the tick
+        await asyncio.sleep(0.1)  # the burst is over: quiet again
+        for n in range(5):
             lines.add(f"gen_{n}", f"q{n}")
-        assert caplog.records[-1].getMessage().startswith("generations requested: gen_0 (request q0)")
+        assert [r.getMessage() for r in caplog.records[-2:]] == [
+            "generation gen_0 requested (request q0)",  # at once
+            # a full line
+            "generations requested: gen_1 (request q1), gen_2 (request q2), gen_3 (request q3)",
+        ]
         lines.flush()  # shutdown: nothing is left unwritten
-        assert caplog.records[-1].getMessage() == "generation gen_3 requested (request q3)"
+        assert caplog.records[-1].getMessage() == "generation gen_4 requested (request q4)"
         await asyncio.sleep(0.1)
         lines.add("gen_d", "r4")  # quiet again: at once
         assert caplog.records[-1].getMessage() == "generation gen_d requested (request r4)"
         lines.flush()
     messages = " ".join(r.getMessage() for r in caplog.records)
-    for gid in ("gen_a", "gen_b", "gen_c", "gen_0", "gen_1", "gen_2", "gen_3", "gen_d"):
+    for gid in ("gen_a", "gen_b", "gen_c", "gen_0", "gen_1", "gen_2", "gen_3", "gen_4", "gen_d"):
         assert messages.count(gid + " ") == 1
 
 
