@@ -10,6 +10,7 @@ answered with, one bad row fails only its own request, and a request that goes a
 import asyncio
 import functools
 import logging
+import random
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from gateway.errors import ApiError
 from gateway.generations import ROWS, NewRow, insert_rows, order_log
 from gateway.memory import RecentGenerations
 from reelstream.embedded import free_port
-from reelstream.kafka import Producer
+from reelstream.kafka import Producer, murmur2, partition_for
 from reelstream.settings import Settings
 from reelstream.storage import LocalStorage
 from schemas import topics
@@ -262,3 +263,23 @@ def test_bodies_read_in_one_pass_are_read_as_json_loads_and_validate_read_them(r
     assert outcome(lambda: parse_and_validate(GenerationRequest, raw)) == outcome(
         lambda: validate(GenerationRequest, parse_json(raw))
     )
+
+
+def test_the_producers_partitioner_puts_every_key_where_aiokafka_and_java_clients_do() -> None:
+    """The faster murmur2 is Kafka's: every key of every length lands on the same partition as before."""
+    from aiokafka.partitioner import DefaultPartitioner
+    from aiokafka.partitioner import murmur2 as reference
+
+    rng = random.Random(14)
+    keys = [rng.randbytes(n) for n in range(64) for _ in range(50)]
+    keys += [f"gen_{uuid.UUID(int=rng.getrandbits(128)).hex}".encode() for _ in range(500)]
+    for key in keys:
+        assert murmur2(key) == reference(key), key
+        for count in (1, 4, 7):
+            partitions = list(range(count))
+            expected = DefaultPartitioner()(key, partitions, partitions)
+            assert partition_for(key, partitions, partitions) == expected
+    # Kafka's own test vectors (org.apache.kafka.common.utils.UtilsTest#testMurmur2)
+    assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
+    assert murmur2(b"abc") == 479470107
+    assert partition_for(None, [0, 1, 2], [2]) == 2
