@@ -9,6 +9,10 @@ Each run gets a fresh stack: the orders of one run are still flowing through the
 must not slow the next run down. With ``BENCH_PROFILE=1`` (the default) ``py-spy`` records the gateway
 process during the first run and its top frames are printed and saved.
 
+Beside each run's figures: the CPU each kind of process used, and the gateway process's CPU per answer
+(user + system time over the requests answered), which moves far less than the request rate on a shared
+machine and is what a change to the gateway's code changes. The trees take turns going first.
+
 Targets (issue "Fast under load"): >= 2,000 req/s, p99 < 50 ms, >= 50 % of the bare handler.
 While ``serve`` runs the gateway inside the stages' process, the first run also measures ``reelstream
 gateway`` as a process of its own beside a fresh stack: the shape a supervisor of one process per stage

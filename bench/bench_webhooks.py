@@ -12,6 +12,9 @@ Lua script assembles each body from the same template. The predictions belong to
 as ``canceled``: the stages consuming ``clip.completed`` look and do nothing, so what is measured is the
 gateway, not clip downloads. The ceiling is the bare aiohttp handler fed the very same requests.
 
+Beside each run's figures: the CPU each kind of process used, and the gateway process's CPU per answer.
+The trees take turns going first.
+
 Targets: >= 2,000 verified and published webhooks/s, p99 < 50 ms.
 Settings: BENCH_RUNS (3), BENCH_SECONDS (15), BENCH_CONNECTIONS (64), BENCH_PROFILE (1), and
 BENCH_COMPARE=DIR or NAME=DIR,... to measure other source trees in the same runs (before/after).
