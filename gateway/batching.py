@@ -12,6 +12,7 @@ goes away does not take its neighbours' write with it (its own item is still wri
 """
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -147,8 +148,12 @@ class BurstLog:
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, *args: Any) -> None:
+        if self._timer is None:  # quiet: this one's line now, in its own request's log context
+            self.logger.info(self.one, *args)
+            self._arm()
+            return
         self._pending.append(args)
-        if self._timer is None or len(self._pending) >= self.max_items:
+        if len(self._pending) >= self.max_items:
             self._write()
 
     def flush(self) -> None:
@@ -156,18 +161,29 @@ class BurstLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._write(rearm=False)
+        self._write()
+
+    def _arm(self) -> None:
+        # In an empty context: the timer must not keep (nor log under) the request that armed it.
+        self._timer = asyncio.get_running_loop().call_later(
+            self.delay, self._tick, context=contextvars.Context()
+        )
 
     def _tick(self) -> None:
         self._timer = None
         if self._pending:
-            self._write()  # still busy: the next ones wait for the next tick
+            self._write()
+            self._arm()  # still busy: the next ones wait for the next tick
 
-    def _write(self, *, rearm: bool = True) -> None:
+    def _write(self) -> None:
+        """The pending lines, outside any request's log context: a line naming many requests must not
+        carry the ``generation_id`` (or trace) of whichever request happened to write it."""
         pending, self._pending = self._pending, []
+        if pending:
+            contextvars.Context().run(self._log, pending)  # a fresh one: never entered twice
+
+    def _log(self, pending: list[tuple[Any, ...]]) -> None:
         if len(pending) == 1:
             self.logger.info(self.one, *pending[0])
-        elif pending:
+        else:
             self.logger.info("%s%s", self.many, ", ".join(self.item % args for args in pending))
-        if rearm and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.delay, self._tick)

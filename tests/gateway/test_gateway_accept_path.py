@@ -9,6 +9,8 @@ answered with, one bad row fails only its own request, and a request that goes a
 
 import asyncio
 import functools
+import io
+import json
 import logging
 import random
 import uuid
@@ -23,11 +25,12 @@ from gateway_harness import Gateway, GatewayFactory, Tap
 
 from gateway import database
 from gateway.app import GatewayDeps, run_gateway
-from gateway.batching import GroupCommit
+from gateway.batching import BurstLog, GroupCommit
 from gateway.body import parse_and_validate, parse_json, validate
 from gateway.errors import ApiError
 from gateway.generations import ROWS, NewRow, insert_rows, order_log
 from gateway.memory import RecentGenerations
+from reelstream import logs
 from reelstream.embedded import free_port
 from reelstream.kafka import Producer, murmur2, partition_for
 from reelstream.settings import Settings
@@ -229,6 +232,31 @@ async def test_order_lines_come_at_once_when_quiet_and_one_per_burst_under_load(
     messages = " ".join(r.getMessage() for r in caplog.records)
     for gid in ("gen_a", "gen_b", "gen_c", "gen_0", "gen_1", "gen_2", "gen_3", "gen_4", "gen_d"):
         assert messages.count(gid + " ") == 1
+
+
+async def test_a_burst_line_carries_no_single_requests_log_context() -> None:
+    """A line naming many orders must not look like one order's line (``generation_id`` in JSON logs)."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("test.burst")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    lines = BurstLog(logger, one="%s alone", many="many: ", item="%s", delay=0.02)
+
+    async def request(gid: str) -> None:
+        logs.bind(generation_id=gid)
+        lines.add(gid)
+
+    try:
+        for gid in ("gen_first", "gen_second", "gen_third"):
+            await asyncio.create_task(request(gid))
+        await asyncio.sleep(0.1)
+    finally:
+        logger.removeHandler(handler)
+    first, burst = (json.loads(line) for line in out.getvalue().splitlines())
+    assert (first["message"], first["generation_id"]) == ("gen_first alone", "gen_first")
+    assert burst["message"] == "many: gen_second, gen_third" and "generation_id" not in burst
 
 
 @pytest.mark.parametrize(
