@@ -12,6 +12,9 @@ Lua script assembles each body from the same template. The predictions belong to
 as ``canceled``: the stages consuming ``clip.completed`` look and do nothing, so what is measured is the
 gateway, not clip downloads. The ceiling is the bare aiohttp handler fed the very same requests.
 
+Beside each run's figures: the CPU each kind of process used, and the gateway process's CPU per answer.
+The trees take turns going first.
+
 Targets: >= 2,000 verified and published webhooks/s, p99 < 50 ms.
 Settings: BENCH_RUNS (3), BENCH_SECONDS (15), BENCH_CONNECTIONS (64), BENCH_PROFILE (1), and
 BENCH_COMPARE=DIR or NAME=DIR,... to measure other source trees in the same runs (before/after).
@@ -160,11 +163,17 @@ def measure(logs: Path, tree: Path, bare_url: str | None, profile: Path | None) 
         if bare_url is not None:  # the ceiling, fed the very same requests, while this stack idles
             record["bare"] = common.wrk(bare_url + PATH, script, connections=CONNECTIONS, seconds=SECONDS)
         common.wrk(stack.url + PATH, warm, connections=CONNECTIONS, seconds=WARMUP_SECONDS)
-        spy = common.start_profile(stack.gateway_pid(), SECONDS - 2, profile) if profile else None
+        pid = stack.gateway_pid()
+        spy = common.start_profile(pid, SECONDS - 2, profile) if profile else None
         before, cpu_before, started = accepted(stack.url), common.cpu_by_kind(stack), time.monotonic()
+        cpu_before["gateway process"] = common.cpu_seconds(pid)
         result = common.wrk(stack.url + PATH, script, connections=CONNECTIONS, seconds=SECONDS)
-        cpu = common.cpu_share(cpu_before, common.cpu_by_kind(stack), time.monotonic() - started)
+        cpu_after = {**common.cpu_by_kind(stack), "gateway process": common.cpu_seconds(pid)}
+        cpu = common.cpu_share(cpu_before, cpu_after, time.monotonic() - started)
         published = accepted(stack.url) - before
+        # CPU per answer of the process serving HTTP: steadier than the rate on a shared machine.
+        per_request = (cpu_after["gateway process"] - cpu_before["gateway process"]) / max(result.requests, 1)
+        cpu += f", gateway process {per_request * 1000:.2f} ms CPU per request"
         if spy is not None:
             spy.wait()
     rate = published / (result.requests / result.rps) if result.rps else 0.0
@@ -191,7 +200,11 @@ def main() -> None:
     try:
         for run in range(1, RUNS + 1):
             row: dict[str, Any] = {}
-            for i, (name, tree) in enumerate(trees.items()):
+            # The trees take turns going first (the bare handler is measured in the first one's stack).
+            names = list(trees)
+            names = names[(run - 1) % len(names) :] + names[: (run - 1) % len(names)]
+            for i, name in enumerate(names):
+                tree = trees[name]
                 raw = logs / f"profile-{name}.raw" if PROFILE and run == 1 else None
                 measured = measure(logs, tree, bare_url if i == 0 else None, raw)
                 if "bare" in measured:

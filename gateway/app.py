@@ -59,6 +59,12 @@ async def static_file(request: web.Request) -> web.FileResponse:
     )
 
 
+async def flush_logs(app: web.Application) -> None:
+    """The log lines still waiting for their burst to end (:class:`gateway.batching.BurstLog`)."""
+    app[generations.ORDER_LOG].flush()
+    app[webhooks.OUTCOME_LOG].flush()
+
+
 def create_app(deps: GatewayDeps) -> web.Application:
     """The aiohttp application; the status hub starts and stops with it (``cleanup_ctx``)."""
     app = web.Application(
@@ -70,6 +76,8 @@ def create_app(deps: GatewayDeps) -> web.Application:
     app[READINESS] = Readiness()
     app[RECENT] = RecentGenerations(deps.settings.gateway_memory_size)
     app[generations.ROWS] = generations.row_writer(deps)
+    app[generations.ORDER_LOG] = generations.order_log()
+    app[webhooks.OUTCOME_LOG] = webhooks.outcome_log()
     app[webhooks.CANCELS] = {}
     app[webhooks.DELIVERIES] = webhooks.delivery_writer(deps)
     app[ws.SOCKETS] = {}
@@ -88,6 +96,7 @@ def create_app(deps: GatewayDeps) -> web.Application:
     app.cleanup_ctx.append(ws.hub_context)
     app.on_shutdown.append(ws.close_sockets)
     app.on_cleanup.append(webhooks.stop_cancels)
+    app.on_cleanup.append(flush_logs)
     return app
 
 

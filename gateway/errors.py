@@ -10,6 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -123,6 +124,21 @@ def route_template(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+#: The counter and histogram series of each (method, route, status), looked up once: ``labels()`` takes
+#: a lock and builds the key on every call. As many as the registry itself holds.
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    found = _SERIES.get((method, route, status))
+    if found is None:
+        found = _SERIES[method, route, status] = (
+            metrics.HTTP_REQUESTS.labels(method, route, str(status)),
+            metrics.HTTP_SECONDS.labels(method, route, str(status)),
+        )
+    return found
+
+
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: give the request an id (echoed in ``X-Request-ID``) and count it by route template."""
@@ -145,12 +161,11 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client went away mid-request: not a server error
         raise
     finally:
-        route = route_template(request)
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-        metrics.HTTP_SECONDS.labels(request.method, route, str(status)).observe(time.monotonic() - started)
-        log.debug(
-            "%s %s %s %.1fms", request.method, request.path, status, (time.monotonic() - started) * 1000
-        )
+        elapsed = time.monotonic() - started
+        count, seconds = _series(request.method, route_template(request), status)
+        count.inc()
+        seconds.observe(elapsed)
+        log.debug("%s %s %s %.1fms", request.method, request.path, status, elapsed * 1000)
 
 
 def database_unavailable(request: web.Request, exc: BaseException) -> web.Response:

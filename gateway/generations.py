@@ -33,7 +33,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway.auth import owner_of
-from gateway.batching import GroupCommit
+from gateway.batching import BurstLog, GroupCommit
 from gateway.body import json_body
 from gateway.database import DatabaseUnavailable, connection
 from gateway.deps import GatewayDeps, get_deps
@@ -256,6 +256,19 @@ def row_writer(deps: GatewayDeps) -> GroupCommit[NewRow, datetime]:
 ROWS: web.AppKey[GroupCommit[NewRow, datetime]] = web.AppKey("reelstream_generation_rows", GroupCommit)
 
 
+def order_log() -> BurstLog:
+    """The INFO line tying each accepted order's generation id to its request id (see :class:`BurstLog`)."""
+    return BurstLog(
+        log,
+        one="generation %s requested (request %s)",
+        many="generations requested: ",
+        item="%s (request %s)",
+    )
+
+
+ORDER_LOG = web.AppKey("reelstream_order_log", BurstLog)
+
+
 def check_budget(req: GenerationRequest, settings: Settings) -> None:
     """422 ``budget_exceeded`` when the estimate is above ``options.max_cost_usd``: nothing is ordered."""
     ceiling = req.options.max_cost_usd
@@ -327,7 +340,7 @@ async def create_generation(request: web.Request) -> web.Response:
             await _abandon(deps, generation_id, key, str(exc))
         raise ApiError(503, "unavailable", "the job queue is unavailable; retry later") from None
     request.app[RECENT].accepted(generation_id, req, created_at, owner)
-    log.info("generation %s requested (request %s)", generation_id, request_id(request))
+    request.app[ORDER_LOG].add(generation_id, request_id(request))
     return json_response(
         _created(generation_id, "queued", created_at),
         status=202,

@@ -22,22 +22,25 @@ above one by one.
 
 import asyncio
 import functools
+import json
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from gateway.batching import GroupCommit
+from gateway.batching import BurstLog, GroupCommit
 from gateway.body import read_body
 from gateway.database import connection
 from gateway.deps import GatewayDeps, get_deps
 from gateway.errors import ApiError, not_found, request_id
 from gateway.publishing import PublishFailed, gateway_event, publish
+from gateway.telemetry import exporting
 from reelstream import logs, mapping, metrics, tracing
 from reelstream.providers import outcome_event_id, parse_marker
 from reelstream.webhooks import InvalidWebhook, verify
@@ -59,13 +62,34 @@ UNTRUSTED_CANCEL_TIMEOUT_SECONDS = 10.0
 #: Cancels in flight at most: a flood of strangers' webhooks cannot pile up tasks.
 MAX_PENDING_CANCELS = 100
 
+
+def outcome_log() -> BurstLog:
+    """The INFO line of each published outcome (see :class:`~gateway.batching.BurstLog`)."""
+    return BurstLog(
+        log,
+        one="%s %s attempt %d: prediction %s %s",
+        many="webhooks published: ",
+        item="%s %s attempt %d: prediction %s %s",
+    )
+
+
+OUTCOME_LOG = web.AppKey("reelstream_outcome_log", BurstLog)
+
 #: Predictions being canceled because their webhook was not ours, by prediction id.
 CANCELS = web.AppKey("reelstream_untrusted_cancels", dict[str, "asyncio.Task[None]"])
 
 
+#: Each outcome's counter, and its answer's body, made once.
+_OUTCOMES: dict[str, tuple[Any, bytes]] = {}
+
+
 def _answer(outcome: str, status: int = 200) -> web.Response:
-    metrics.WEBHOOKS.labels(outcome).inc()
-    return web.json_response({"status": outcome}, status=status)
+    found = _OUTCOMES.get(outcome)
+    if found is None:
+        body = json.dumps({"status": outcome}).encode()
+        found = _OUTCOMES[outcome] = (metrics.WEBHOOKS.labels(outcome), body)
+    found[0].inc()
+    return web.Response(body=found[1], status=status, content_type="application/json", charset="utf-8")
 
 
 async def _resolve(
@@ -281,6 +305,9 @@ async def replicate_webhook(request: web.Request) -> web.Response:
         return _answer("duplicate")
     generation_id = resolved.generation_id
     logs.bind(generation_id=generation_id, prediction_id=prediction.id)
+    if traceparent is None and not exporting():
+        # The span would be the API's invalid no-op one: the event would carry no trace either way.
+        return await _publish_outcome(request, deps, resolved, prediction, webhook_id)
     with tracing.span(
         "webhook clip.completed",
         traceparent=traceparent,  # the submission's: one generation, one trace
@@ -320,14 +347,7 @@ async def _publish_outcome(
             await conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
         metrics.WEBHOOKS.labels("unavailable").inc()
         raise ApiError(503, "unavailable", "could not record the webhook; retry later") from None
-    log.info(
-        "%s %s attempt %d: prediction %s %s",
-        generation_id,
-        clip_id,
-        attempt,
-        prediction.id,
-        prediction.status,
-    )
+    request.app[OUTCOME_LOG].add(generation_id, clip_id, attempt, prediction.id, prediction.status)
     return _answer("accepted")
 
 

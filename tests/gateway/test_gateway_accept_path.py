@@ -9,7 +9,10 @@ answered with, one bad row fails only its own request, and a request that goes a
 
 import asyncio
 import functools
+import io
+import json
 import logging
+import random
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +25,14 @@ from gateway_harness import Gateway, GatewayFactory, Tap
 
 from gateway import database
 from gateway.app import GatewayDeps, run_gateway
-from gateway.batching import GroupCommit
-from gateway.generations import ROWS, NewRow, insert_rows
+from gateway.batching import BurstLog, GroupCommit
+from gateway.body import parse_and_validate, parse_json, validate
+from gateway.errors import ApiError
+from gateway.generations import ROWS, NewRow, insert_rows, order_log
 from gateway.memory import RecentGenerations
+from reelstream import logs
 from reelstream.embedded import free_port
-from reelstream.kafka import Producer
+from reelstream.kafka import Producer, murmur2, partition_for
 from reelstream.settings import Settings
 from reelstream.storage import LocalStorage
 from schemas import topics
@@ -191,3 +197,117 @@ def test_remembered_orders_read_back_as_accepted() -> None:
     assert detail is not None
     assert (detail.prompt, detail.duration_seconds, detail.aspect_ratio) == ("Remembered", 20, "1:1")
     assert (detail.brand, detail.options, detail.created_at) == (request.brand, request.options, at)
+
+
+async def test_order_lines_come_at_once_when_quiet_and_one_per_burst_under_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every accepted order is named with its request id: at once when alone, then a line per burst."""
+    lines = order_log()
+    lines.max_items = 3
+    with caplog.at_level(logging.INFO, logger="gateway.generations"):
+        lines.add("gen_a", "r1")
+        assert [r.getMessage() for r in caplog.records] == ["generation gen_a requested (request r1)"]
+        lines.add("gen_b", "r2")
+        lines.add("gen_c", "r3")
+        assert len(caplog.records) == 1  # inside the burst: waiting for the tick
+        await asyncio.sleep(0.1)
+        assert caplog.records[-1].getMessage() == (
+            "generations requested: gen_b (request r2), gen_c (request r3)"
+        )
+        await asyncio.sleep(0.1)  # the burst is over: quiet again
+        for n in range(5):
+            lines.add(f"gen_{n}", f"q{n}")
+        assert [r.getMessage() for r in caplog.records[-2:]] == [
+            "generation gen_0 requested (request q0)",  # at once
+            # a full line
+            "generations requested: gen_1 (request q1), gen_2 (request q2), gen_3 (request q3)",
+        ]
+        lines.flush()  # shutdown: nothing is left unwritten
+        assert caplog.records[-1].getMessage() == "generation gen_4 requested (request q4)"
+        await asyncio.sleep(0.1)
+        lines.add("gen_d", "r4")  # quiet again: at once
+        assert caplog.records[-1].getMessage() == "generation gen_d requested (request r4)"
+        lines.flush()
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    for gid in ("gen_a", "gen_b", "gen_c", "gen_0", "gen_1", "gen_2", "gen_3", "gen_4", "gen_d"):
+        assert messages.count(gid + " ") == 1
+
+
+async def test_a_burst_line_carries_no_single_requests_log_context() -> None:
+    """A line naming many orders must not look like one order's line (``generation_id`` in JSON logs)."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("test.burst")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    lines = BurstLog(logger, one="%s alone", many="many: ", item="%s", delay=0.02)
+
+    async def request(gid: str) -> None:
+        logs.bind(generation_id=gid)
+        lines.add(gid)
+
+    try:
+        for gid in ("gen_first", "gen_second", "gen_third"):
+            await asyncio.create_task(request(gid))
+        await asyncio.sleep(0.1)
+    finally:
+        logger.removeHandler(handler)
+    first, burst = (json.loads(line) for line in out.getvalue().splitlines())
+    assert (first["message"], first["generation_id"]) == ("gen_first alone", "gen_first")
+    assert burst["message"] == "many: gen_second, gen_third" and "generation_id" not in burst
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"prompt": "x", "duration_seconds": 15.0, "brand": {"name": "Acme", "colors": ["#0A84FF"]}}',
+        b'{"prompt": "x", "prompt": "y"}',  # the last one wins, as json.loads has it
+        b'\xef\xbb\xbf{"prompt": "x"}',  # a byte order mark: only json.loads reads it
+        b'{"prompt": "x\\u00e9"}',
+        b'{"prompt": "x\\ud800"}',  # a lone surrogate
+        b'{"prompt": "x", "options": {"max_cost_usd": NaN}}',
+        b'{"prompt": "x", "options": {"max_cost_usd": 1e400}}',
+        b'{"prompt": "x"} trailing',
+        b"",
+        b"[1, 2]",
+        b'{"prompt": "x", "duration_seconds": "15"}',
+        b'{"prompt": "x", "duration_seconds": true}',
+        b'{"prompt": "x\\u0000"}',
+        b"{" * 10_000,
+    ],
+)
+def test_bodies_read_in_one_pass_are_read_as_json_loads_and_validate_read_them(raw: bytes) -> None:
+    """The one-pass parse accepts exactly what parsing then validating accepts, with the same result,
+    and every refusal keeps its status, code and details."""
+
+    def outcome(read: Any) -> Any:
+        try:
+            return read().model_dump()
+        except ApiError as exc:
+            return (exc.status, exc.code, exc.message, exc.details)
+
+    assert outcome(lambda: parse_and_validate(GenerationRequest, raw)) == outcome(
+        lambda: validate(GenerationRequest, parse_json(raw))
+    )
+
+
+def test_the_producers_partitioner_puts_every_key_where_aiokafka_and_java_clients_do() -> None:
+    """The faster murmur2 is Kafka's: every key of every length lands on the same partition as before."""
+    from aiokafka.partitioner import DefaultPartitioner
+    from aiokafka.partitioner import murmur2 as reference
+
+    rng = random.Random(14)
+    keys = [rng.randbytes(n) for n in range(64) for _ in range(50)]
+    keys += [f"gen_{uuid.UUID(int=rng.getrandbits(128)).hex}".encode() for _ in range(500)]
+    for key in keys:
+        assert murmur2(key) == reference(key), key
+        for count in (1, 4, 7):
+            partitions = list(range(count))
+            expected = DefaultPartitioner()(key, partitions, partitions)
+            assert partition_for(key, partitions, partitions) == expected
+    # Kafka's own test vectors (org.apache.kafka.common.utils.UtilsTest#testMurmur2)
+    assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
+    assert murmur2(b"abc") == 479470107
+    assert partition_for(None, [0, 1, 2], [2]) == 2

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from fake_replicate import WAN_22_T2V_FAST, FakeReplicate
 from gateway_harness import FailingProducer, Gateway, GatewayFactory, Record, RecordingProvider, Tap
 
-from gateway.webhooks import DELIVERIES, Delivery, resolve_and_mark
+from gateway.webhooks import DELIVERIES, OUTCOME_LOG, Delivery, resolve_and_mark
 from reelstream.providers import marker, parse_marker
 from reelstream.providers.replicate import ReplicateVideoProvider
 from reelstream.webhooks import sign
@@ -407,7 +408,9 @@ async def test_provider_outputs_are_served_by_strict_name(gw: Gateway) -> None:
 # -- many at once (the batched path: one statement resolves and marks a batch) --------------------------
 
 
-async def test_concurrent_webhooks_are_each_published_once(gw: Gateway, tap: Any) -> None:
+async def test_concurrent_webhooks_are_each_published_once(
+    gw: Gateway, tap: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     completed: Tap = await tap(topics.CLIP_COMPLETED)
     recorded = [await _recorded_prediction(gw) for _ in range(12)]
     sends = []
@@ -417,8 +420,13 @@ async def test_concurrent_webhooks_are_each_published_once(gw: Gateway, tap: Any
         headers = sign(gw.secret, body, webhook_id=webhook_id)
         sends.append((webhook_id, gw.client.post(URL, data=body, headers=headers)))
     before = gw.client.app[DELIVERIES].items
-    responses = await asyncio.gather(*(send for _, send in sends))
+    with caplog.at_level(logging.INFO, logger="gateway.webhooks"):
+        responses = await asyncio.gather(*(send for _, send in sends))
+        gw.client.app[OUTCOME_LOG].flush()
     assert [await r.json() for r in responses] == [{"status": "accepted"}] * len(sends)
+    logged = " ".join(r.getMessage() for r in caplog.records if r.name == "gateway.webhooks")
+    for gid, prediction_id in recorded:  # each outcome named in the log, in a line of its own or a burst's
+        assert f"{gid} clip_02 attempt 1: prediction {prediction_id} failed" in logged
     assert gw.client.app[DELIVERIES].items - before == len(sends)
     for (gid, prediction_id), (webhook_id, _) in zip(recorded, sends, strict=True):
         record = await completed.wait_for(_completed_for(webhook_id))
