@@ -15,7 +15,7 @@ of jobs merely waiting: sweeps, polls) and, at the end, profiles the gateway pro
 
 Targets: RSS of each reelstream process flat within 10 % from 1k to 10k and < 150 MB; latencies not
 growing with the number in flight.
-Settings: BENCH_INFLIGHT (10000), BENCH_INFLIGHT_FIRST (1000), BENCH_INFLIGHT_WAIT (150 s from the start
+Settings: BENCH_INFLIGHT (10000), BENCH_INFLIGHT_FIRST (1000), BENCH_INFLIGHT_WAIT (130 s from the start
 at most), BENCH_INFLIGHT_PROBES (200 requests per latency probe).
 """
 
@@ -31,7 +31,7 @@ import common
 
 TOTAL = int(os.environ.get("BENCH_INFLIGHT", "10000"))
 FIRST = int(os.environ.get("BENCH_INFLIGHT_FIRST", "1000"))
-WAIT = float(os.environ.get("BENCH_INFLIGHT_WAIT", "150"))
+WAIT = float(os.environ.get("BENCH_INFLIGHT_WAIT", "130"))
 PROBES = int(os.environ.get("BENCH_INFLIGHT_PROBES", "200"))
 PROFILE = os.environ.get("BENCH_PROFILE", "1") == "1"
 #: Seconds of nothing happening over which idle CPU is measured (and profiled at the end).

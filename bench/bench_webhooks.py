@@ -16,7 +16,7 @@ Beside each run's figures: the CPU each kind of process used, and the gateway pr
 The trees take turns going first.
 
 Targets: >= 2,000 verified and published webhooks/s, p99 < 50 ms.
-Settings: BENCH_RUNS (3), BENCH_SECONDS (15), BENCH_CONNECTIONS (64), BENCH_PROFILE (1), and
+Settings: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_PROFILE (1), and
 BENCH_COMPARE=DIR or NAME=DIR,... to measure other source trees in the same runs (before/after).
 """
 
@@ -36,7 +36,7 @@ import asyncpg
 import common
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "15"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 PROFILE = os.environ.get("BENCH_PROFILE", "1") == "1"
 WARMUP_SECONDS = 3
