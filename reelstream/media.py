@@ -48,6 +48,7 @@ __all__ = [
     "probe",
     "render_clip",
     "run_ffmpeg",
+    "scratch_dir",
     "thumbnail",
     "transition",
 ]
@@ -693,7 +694,7 @@ async def _silence(seconds: float) -> Path:
     path = _silences.get(key)
     if path is not None and path.is_file():
         return path
-    path = _silence_dir() / f"silence-{key}.m4a"
+    path = scratch_dir("silence") / f"silence-{key}.m4a"
     with _atomic_target(path, ".m4a") as tmp:
         await run_ffmpeg(
             "-f", "lavfi", "-t", key, "-i", "anullsrc=channel_layout=stereo:sample_rate=48000",
@@ -707,8 +708,9 @@ async def _silence(seconds: float) -> Path:
 
 
 @functools.cache
-def _silence_dir() -> Path:
-    directory = Path(tempfile.mkdtemp(prefix="reelstream-silence-"))
+def scratch_dir(name: str) -> Path:
+    """A directory of this process's own for ``name``'s files (0700), removed when the process exits."""
+    directory = Path(tempfile.mkdtemp(prefix=f"reelstream-{name}-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     return directory
 

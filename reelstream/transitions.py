@@ -13,12 +13,8 @@ bytes of its two pieces, so a clip finished again (another attempt) never meets 
 """
 
 import asyncio
-import atexit
-import functools
 import hashlib
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,11 +26,8 @@ log = logging.getLogger(__name__)
 KEEP_SECONDS = 3600.0
 
 
-@functools.cache
 def _directory() -> Path:
-    directory = Path(tempfile.mkdtemp(prefix="reelstream-transitions-"))
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    return directory
+    return media.scratch_dir("transitions")
 
 
 def _digest(path: Path) -> bytes:
