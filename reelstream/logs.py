@@ -9,10 +9,17 @@ is current, to jump from a log line to its trace.
 
 Nothing secret reaches a log line: :func:`redact` removes API keys, tokens and webhook secrets from the
 message (query strings included) in both formats.
+
+A line is formatted where it is logged (the job's ids are the calling task's context variables) and
+written to stderr by a thread of its own (:class:`logging.handlers.QueueListener`): under ``serve``
+stderr is a pipe the supervisor reads, and an event loop must never wait for a pipe to drain.
 """
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 from contextvars import ContextVar
@@ -100,9 +107,24 @@ class TextFormatter(logging.Formatter):
 Format = Literal["json", "text"]
 
 
+#: The thread writing this process's log lines (one per process; replaced when set up again).
+_writer: logging.handlers.QueueListener | None = None
+
+
 def setup(level: str = "INFO", log_format: Format | None = None) -> None:
-    """Configure the root logger once for this process (stderr). ``None``: text."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Configure the root logger once for this process (stderr). ``None``: text.
+
+    Lines are queued and written by a thread; what is queued when the process exits is written then.
+    """
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    out = logging.StreamHandler(sys.stderr)
+    out.setFormatter(logging.Formatter("%(message)s"))  # formatted already, by the queueing handler
+    _writer = logging.handlers.QueueListener(lines, out)
+    _writer.start()
+    handler = logging.handlers.QueueHandler(lines)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -110,3 +132,11 @@ def setup(level: str = "INFO", log_format: Format | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # One line per HTTP request the provider and LLM clients make: our own line says what each was for.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@atexit.register
+def _flush() -> None:
+    if _writer is not None:
+        _writer.stop()

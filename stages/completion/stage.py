@@ -22,6 +22,7 @@ emits what follows. Every step is safe to repeat: a crash mid-assembly assembles
 import asyncio
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ class Assembled:
     video: Video
     compute_seconds: float
     compliance: Compliance
+    #: Seconds each step of the assembly took, for the log line.
+    laps: "_Laps"
 
 
 Prepared = ClipFailed | ClipStored | Assembled | None
@@ -124,11 +127,12 @@ async def record(ctx: Context[ClipCompleted]) -> None:
             )
             metrics.GENERATIONS.labels("completed").inc()
             log.info(
-                "%s completed: %.2fs %dx%d",
+                "%s completed: %.2fs %dx%d (%s)",
                 ctx.generation_id,
                 video.duration_seconds,
                 video.width,
                 video.height,
+                result.laps,
             )
 
 
@@ -167,10 +171,12 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
     frames = media.piece_frames(start_seconds, float(row["duration_seconds"]))
     caption = str((row["spec"] or {}).get("caption", ""))
     boundaries = await _boundaries(ctx.pool, ctx.generation_id)
+    laps = _Laps()
     with tempfile.TemporaryDirectory(prefix="reelstream-clip-") as tmp:
         raw, piece = Path(tmp) / "output.mp4", Path(tmp) / "piece.mp4"
         await storage.download(url, raw, max_bytes=store.max_bytes, allow_private=store.allow_private)
         source = await asyncio.to_thread(media.probe, raw)
+        laps.lap("fetch")
         layers = await finishing.clip_layers(
             look,
             caption=caption,
@@ -190,6 +196,7 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
             overlays=layers.overlays,
             keyframes=media.crossfade_cuts(frames) if look.crossfade else None,
         )
+        laps.lap("finish")
         await store.put_file(storage.clip_key(ctx.generation_id, done.clip_id), piece, "video/mp4")
         predict_time = (done.prediction.metrics or {}).get("predict_time")
         await ctx.pool.execute(
@@ -206,11 +213,13 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
             ctx.event.model_dump(mode="json"),
             layers.note,
         )
+        laps.lap("store")
         # After the clip is recorded: of two neighbours finishing at once, the later sees both.
         if look.crossfade:
             await _crossfades_beside(ctx, done.clip_id, piece, frames, Path(tmp))
+            laps.lap("crossfades")
     log.info(
-        "%s %s finished: %s %.2fs %dx%d in, %d frames %dx%d out",
+        "%s %s finished: %s %.2fs %dx%d in, %d frames %dx%d out (%s)",
         ctx.generation_id,
         done.clip_id,
         source.codec,
@@ -220,7 +229,25 @@ async def _finish_clip(ctx: Context[ClipCompleted], done: ClipCompleted, row: as
         frames,
         width,
         height,
+        laps,
     )
+
+
+class _Laps:
+    """Seconds each step of a clip's finishing took, for its log line: where the time after a
+    webhook goes is the first thing asked when a video is slow."""
+
+    def __init__(self) -> None:
+        self._at = time.monotonic()
+        self._laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self._laps.append((name, now - self._at))
+        self._at = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self._laps)
 
 
 async def _crossfades_beside(
@@ -322,6 +349,7 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
     the generation to ``assembling`` (the generation's row locked meanwhile) assembles, and so does that
     same event redelivered; the others only announce their clip.
     """
+    laps = _Laps()
     async with ctx.transaction() as conn:
         claim = await conn.fetchrow(
             "SELECT status, assembly_event FROM generations WHERE id = $1 FOR UPDATE", ctx.generation_id
@@ -347,6 +375,7 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
     if generation is None or generation["status"] != "assembling":
         return None  # canceled meanwhile
     await ctx.flush()  # clients see "assembling" while the pieces are joined
+    laps.lap("claim")
     store: storage.Storage = ctx.deps.storage
     with tempfile.TemporaryDirectory(prefix="reelstream-final-") as tmp:
         pieces: list[Path] = []
@@ -368,9 +397,11 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
             media.assemble(pieces, frames, final, crossfade=look.crossfade, transitions=made),
             media.thumbnail(pieces[0], thumb, at_seconds=1.0),
         )
+        laps.lap("join")
         await transitions.forget(list(made.values()))
         await store.put_file(storage.final_key(ctx.generation_id), final, "video/mp4")
         await store.put_file(storage.thumbnail_key(ctx.generation_id), thumb, "image/jpeg")
+        laps.lap("store")
     video = Video(
         url=f"/api/v1/generations/{ctx.generation_id}/video",
         duration_seconds=round(info.duration_seconds, 3),
@@ -381,7 +412,7 @@ async def _assemble(ctx: Context[Any]) -> Assembled | ClipStored | None:
         thumbnail_url=f"/api/v1/generations/{ctx.generation_id}/thumbnail",
     )
     compliance = finishing.report(look, [row["finishing"] for row in clips])
-    return Assembled(video, sum(r["predict_time"] or 0.0 for r in clips), compliance)
+    return Assembled(video, sum(r["predict_time"] or 0.0 for r in clips), compliance, laps)
 
 
 stage = Stage(
